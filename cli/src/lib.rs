@@ -1,0 +1,1 @@
+//! shoal CLI and daemon library (to be written).

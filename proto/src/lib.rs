@@ -1,0 +1,1 @@
+//! shoal gRPC API (to be written).

@@ -1,0 +1,1 @@
+//! `Container::inspect`: Docker's `container inspect` document.

@@ -1,0 +1,6 @@
+//! The processes behind a container, split by role: the supervisor ([`shim`]) that owns a
+//! container's stdio, logs and exit status, and the container's init ([`init`]) that sets up
+//! the namespaces' view and execs the command.
+
+pub mod init;
+pub mod shim;

@@ -2,5 +2,7 @@
 //! `shoal_runtime::process::shim`; this file only hands over the arguments.
 
 fn main() {
-    std::process::exit(shoal_runtime::process::shim::main(std::env::args_os().collect()));
+    std::process::exit(shoal_runtime::process::shim::main(
+        std::env::args_os().collect(),
+    ));
 }

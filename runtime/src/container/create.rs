@@ -1,15 +1,27 @@
-//! `Runtime::open` and `Runtime::create`.
+//! `Runtime::open` and `Runtime::create`: resolving a [`ContainerSpec`] against its image
+//! into a container directory.
 
-use super::{Container, Result, Runtime, RuntimeConfig};
-use crate::image::ImageStore;
-use crate::spec::ContainerSpec;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use super::state::{files, write_json};
+use super::{Container, ContainerError, Result, Runtime, RuntimeConfig, DEFAULT_PATH};
+use crate::image::{ImageInfo, ImageStore};
+use crate::security::caps;
+use crate::spec::{ContainerSpec, ProcessSpec, RunSpec};
 
 impl Runtime {
-    /// Opens the runtime at `cfg.root`, creating its directories, and tidies what a crash
-    /// left: containers with `--rm` that exited while the daemon was down are removed.
+    /// Opens the runtime at `cfg.root`, creating its directories.
     pub fn open(cfg: RuntimeConfig) -> Result<Runtime> {
-        let _ = cfg;
-        todo!()
+        let containers = cfg.root.join("containers");
+        fs::create_dir_all(&containers).map_err(|source| ContainerError::Io {
+            op: "create",
+            path: containers.clone(),
+            source,
+        })?;
+        let images = ImageStore::open(&cfg.root.join("image"))?;
+        Ok(Runtime { cfg, images })
     }
 
     /// The node's image store.
@@ -25,7 +37,294 @@ impl Runtime {
     /// Creates a container from `spec`: resolves the image and the process, prepares the
     /// container's directory. Nothing runs until [`Runtime::start`].
     pub fn create(&self, spec: ContainerSpec) -> Result<Container> {
-        let _ = spec;
-        todo!()
+        let image = self.images.resolve(&spec.image)?;
+        let layers = self.images.layer_dirs(&image)?;
+        let id = new_id();
+        let process = resolve_process(&spec, &image, &layers)?;
+        let _lock = self.lock_containers()?;
+        let name = match &spec.name {
+            Some(n) => {
+                let n = n.strip_prefix('/').unwrap_or(n).to_string();
+                validate_name(&n)?;
+                if let Some(other) = self.find_by_name(&n)? {
+                    return Err(ContainerError::NameInUse { name: n, id: other });
+                }
+                n
+            }
+            None => self.generate_name()?,
+        };
+        let dir = self.container_dir(&id);
+        let result = self.write_container(&dir, &id, &name, spec, image, layers, process);
+        if result.is_err() {
+            let _ = fs::remove_dir_all(&dir);
+        }
+        result
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn write_container(
+        &self,
+        dir: &Path,
+        id: &str,
+        name: &str,
+        spec: ContainerSpec,
+        image: ImageInfo,
+        layers: Vec<PathBuf>,
+        process: ProcessSpec,
+    ) -> Result<Container> {
+        for sub in ["upper", "work", "rootfs"] {
+            let p = dir.join(sub);
+            fs::create_dir_all(&p).map_err(|source| ContainerError::Io {
+                op: "create",
+                path: p,
+                source,
+            })?;
+        }
+        let hostname = spec
+            .hostname
+            .clone()
+            .unwrap_or_else(|| id[..12].to_string());
+        let run = RunSpec {
+            id: id.to_string(),
+            process: process.clone(),
+            hostname,
+            // overlayfs lists the top layer first.
+            lower_dirs: layers.into_iter().rev().collect(),
+            upper_dir: dir.join("upper"),
+            work_dir: dir.join("work"),
+            rootfs: dir.join("rootfs"),
+            read_only: spec.read_only,
+            network: spec.network,
+            cgroup: self.cfg.cgroup_parent.clone(),
+            memory: spec.memory,
+            nano_cpus: spec.nano_cpus,
+            pids_limit: spec.pids_limit,
+            log_max_size: self.cfg.log_max_size,
+        };
+        let container = Container {
+            id: id.to_string(),
+            name: name.to_string(),
+            image: spec.image.clone(),
+            image_id: image.id,
+            created: humantime::format_rfc3339_nanos(SystemTime::now()).to_string(),
+            spec,
+            process,
+            state: Default::default(),
+        };
+        let io = |source| ContainerError::Io {
+            op: "write",
+            path: dir.to_path_buf(),
+            source,
+        };
+        write_json(dir, files::CONFIG, &run).map_err(io)?;
+        // container.json last: its presence is what makes the directory a container.
+        write_json(dir, files::CONTAINER, &container).map_err(io)?;
+        Ok(container)
+    }
+
+    fn generate_name(&self) -> Result<String> {
+        for attempt in 0..64u64 {
+            let seed = random_u64() ^ attempt;
+            let left = NAME_LEFT[(seed % NAME_LEFT.len() as u64) as usize];
+            let right = NAME_RIGHT[((seed >> 16) % NAME_RIGHT.len() as u64) as usize];
+            let name = format!("{left}_{right}");
+            if self.find_by_name(&name)?.is_none() {
+                return Ok(name);
+            }
+        }
+        Ok(format!("shoal_{}", &new_id()[..8]))
+    }
+}
+
+// Docker's generator has long lists; a short one is enough, collisions retry.
+const NAME_LEFT: [&str; 16] = [
+    "brave", "calm", "eager", "fervent", "gentle", "happy", "keen", "lucid", "nifty", "quirky",
+    "serene", "sharp", "swift", "tender", "vivid", "zealous",
+];
+const NAME_RIGHT: [&str; 16] = [
+    "babbage", "curie", "dijkstra", "euler", "feynman", "gauss", "hopper", "knuth", "lamport",
+    "liskov", "lovelace", "noether", "ritchie", "shannon", "thompson", "turing",
+];
+
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    // SAFETY: getrandom writes at most b.len() bytes into b.
+    let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+    // getrandom never fails for 8 bytes once the pool is initialised; fall back to time.
+    if n != b.len() as isize {
+        let t = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or_default();
+        return t ^ u64::from(std::process::id());
+    }
+    u64::from_le_bytes(b)
+}
+
+/// A new 64-hex container id.
+pub(crate) fn new_id() -> String {
+    (0..4).map(|_| format!("{:016x}", random_u64())).collect()
+}
+
+fn validate_name(name: &str) -> Result<()> {
+    let mut chars = name.chars();
+    let ok = name.len() >= 2
+        && chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ContainerError::InvalidName(name.to_string()))
+    }
+}
+
+/// Turns the request and the image config into the exact process to run.
+fn resolve_process(
+    spec: &ContainerSpec,
+    image: &ImageInfo,
+    layers: &[PathBuf],
+) -> Result<ProcessSpec> {
+    let cfg = &image.config;
+    // Docker: an explicit --entrypoint discards the image's Cmd.
+    let (entrypoint, cmd) = match &spec.entrypoint {
+        Some(ep) => (ep.clone(), spec.cmd.clone()),
+        None => {
+            let cmd = if spec.cmd.is_empty() {
+                cfg.cmd.clone().unwrap_or_default()
+            } else {
+                spec.cmd.clone()
+            };
+            (cfg.entrypoint.clone().unwrap_or_default(), cmd)
+        }
+    };
+    let args: Vec<String> = entrypoint.into_iter().chain(cmd).collect();
+    if args.is_empty() || args[0].is_empty() {
+        return Err(ContainerError::InvalidSpec("no command specified".into()));
+    }
+    let hostname = spec.hostname.clone();
+    let mut env = merge_env(&cfg.env, &spec.env)?;
+    if !env.iter().any(|kv| kv.starts_with("PATH=")) {
+        env.insert(0, format!("PATH={DEFAULT_PATH}"));
+    }
+    if let Some(h) = hostname {
+        env.retain(|kv| !kv.starts_with("HOSTNAME="));
+        env.insert(0, format!("HOSTNAME={h}"));
+    }
+    if spec.tty && !env.iter().any(|kv| kv.starts_with("TERM=")) {
+        env.push("TERM=xterm".into());
+    }
+    let user = spec
+        .user
+        .clone()
+        .or_else(|| cfg.user.clone())
+        .filter(|u| !u.is_empty());
+    let (uid, gid, additional_gids) = match user {
+        Some(u) => crate::container::user::resolve(&u, layers)?,
+        None => (0, 0, Vec::new()),
+    };
+    if !env.iter().any(|kv| kv.starts_with("HOME=")) {
+        env.push(format!(
+            "HOME={}",
+            crate::container::user::home(uid, layers).unwrap_or_else(|| "/".into())
+        ));
+    }
+    let capabilities = caps::resolve(&spec.cap_add, &spec.cap_drop)
+        .map_err(|e| ContainerError::InvalidSpec(e.to_string()))?;
+    let cwd = spec
+        .workdir
+        .clone()
+        .or_else(|| cfg.working_dir.clone())
+        .filter(|w| !w.is_empty())
+        .unwrap_or_else(|| "/".into());
+    if !cwd.starts_with('/') {
+        return Err(ContainerError::InvalidSpec(format!(
+            "the working directory '{cwd}' is invalid, it needs to be an absolute path"
+        )));
+    }
+    if let Some(m) = spec.memory {
+        // Docker's lower bound: the kernel needs some room to run anything at all.
+        if m < 6 * 1024 * 1024 {
+            return Err(ContainerError::InvalidSpec(
+                "Minimum memory limit allowed is 6MB".into(),
+            ));
+        }
+    }
+    if let Some(c) = spec.nano_cpus {
+        if c <= 0 {
+            return Err(ContainerError::InvalidSpec(format!(
+                "Range of CPUs is from 0.01 to {}.00, as there are only {} CPUs available",
+                num_cpus(),
+                num_cpus()
+            )));
+        }
+    }
+    Ok(ProcessSpec {
+        args,
+        env,
+        cwd,
+        uid,
+        gid,
+        additional_gids,
+        capabilities,
+        tty: spec.tty,
+        open_stdin: spec.open_stdin,
+    })
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// Image environment overridden key by key by the request; `-e KEY` without `=` is dropped
+/// (Docker would take it from the client's environment, which the client does).
+fn merge_env(base: &[String], overrides: &[String]) -> Result<Vec<String>> {
+    let mut env: Vec<String> = base.to_vec();
+    for kv in overrides {
+        let Some((k, _)) = kv.split_once('=') else {
+            continue;
+        };
+        if k.is_empty() {
+            return Err(ContainerError::InvalidSpec(format!(
+                "invalid environment variable: {kv}"
+            )));
+        }
+        env.retain(|e| e.split_once('=').map(|(ek, _)| ek) != Some(k) && e != k);
+        env.push(kv.clone());
+    }
+    Ok(env)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        for good in ["ab", "web-1", "a.b_c", "X9"] {
+            assert!(validate_name(good).is_ok(), "{good}");
+        }
+        for bad in ["a", "-ab", "a b", "a/b", "", "_x"] {
+            assert!(validate_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn env_overrides_by_key() {
+        let env = merge_env(
+            &["PATH=/bin".into(), "A=1".into()],
+            &["A=2".into(), "B=3".into()],
+        )
+        .expect("merge");
+        assert_eq!(env, ["PATH=/bin", "A=2", "B=3"]);
+        assert!(merge_env(&[], &["=x".into()]).is_err());
+    }
+
+    #[test]
+    fn ids_are_64_hex() {
+        let id = new_id();
+        assert_eq!(id.len(), 64);
+        assert!(id.chars().all(|c| c.is_ascii_hexdigit()));
     }
 }

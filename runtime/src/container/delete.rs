@@ -1,19 +1,61 @@
-//! `Runtime::remove`.
+//! `Runtime::remove` and `Runtime::remove_image`.
 
-use super::{Result, Runtime};
+use std::time::Duration;
+
+use super::{ContainerError, Result, Runtime, Status};
+use crate::cgroups::ContainerCgroup;
 use crate::image::Removed;
 
 impl Runtime {
     /// Removes the container and everything it holds (directory, upper layer, logs, cgroup).
-    /// A running container is refused unless `force`, which kills it first.
+    /// A running container is refused unless `force`, which kills it first. Its mounts live
+    /// only in its own mount namespace, so they are gone with its last process.
     pub fn remove(&self, id: &str, force: bool) -> Result<()> {
-        let _ = (id, force);
-        todo!()
+        let c = self.lookup(id)?;
+        if c.state.status == Status::Running {
+            if !force {
+                return Err(ContainerError::Running(c.id));
+            }
+            self.stop(&c.id, Duration::ZERO)?;
+        }
+        let _lock = self.lock_containers()?;
+        // The supervisor removes the cgroup when it exits; this covers a supervisor that was
+        // itself killed.
+        if let Err(e) = ContainerCgroup::open(&self.cfg.cgroup_parent, &c.id).remove() {
+            tracing::warn!(container = %c.id, ?e, "remove cgroup");
+        }
+        let dir = self.container_dir(&c.id);
+        // Drop container.json first: a crash half-way then leaves a directory that is no
+        // longer a container rather than a broken container.
+        let _ = std::fs::remove_file(dir.join(super::state::files::CONTAINER));
+        std::fs::remove_dir_all(&dir).map_err(|source| ContainerError::Io {
+            op: "remove",
+            path: dir,
+            source,
+        })
     }
 
     /// `image rm`, refused while any container (running or not) uses the image.
     pub fn remove_image(&self, reference: &str, force: bool) -> Result<Vec<Removed>> {
-        let _ = (reference, force);
-        todo!()
+        let image = self.images.resolve(reference)?;
+        // Untagging one of several tags never deletes the image, so it is allowed in use.
+        let only_untag = image.repo_tags.len() > 1
+            && image
+                .repo_tags
+                .iter()
+                .any(|t| t == reference || *t == format!("{reference}:latest"));
+        if !only_untag {
+            if let Some(c) = self
+                .list(true)?
+                .into_iter()
+                .find(|c| c.image_id == image.id)
+            {
+                return Err(ContainerError::ImageInUse {
+                    image: reference.to_string(),
+                    container: c.short_id().to_string(),
+                });
+            }
+        }
+        Ok(self.images.remove(reference, force)?)
     }
 }

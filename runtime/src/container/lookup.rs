@@ -1,25 +1,119 @@
 //! Finding containers by name, id or id prefix, and listing them.
 
-use super::{Container, Result, Runtime};
+use std::fs::{self, File};
+use std::path::PathBuf;
+
+use nix::fcntl::{Flock, FlockArg};
+
+use super::state::{files, load_state, read_json};
+use super::{Container, ContainerError, Result, Runtime};
 
 impl Runtime {
+    /// `<data-root>/containers/<id>`.
+    pub fn container_dir(&self, id: &str) -> PathBuf {
+        self.cfg.root.join("containers").join(id)
+    }
+
+    /// Serialises creates and removes, so that names stay unique across concurrent requests
+    /// (and across two processes sharing a data root, which the daemon forbids anyway).
+    pub(crate) fn lock_containers(&self) -> Result<Flock<File>> {
+        let path = self.cfg.root.join("containers").join(".lock");
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|source| ContainerError::Io {
+                op: "open",
+                path: path.clone(),
+                source,
+            })?;
+        Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| ContainerError::Sys {
+            op: format!("flock {}", path.display()),
+            source: e,
+        })
+    }
+
+    /// Every container id on disk (directories holding a `container.json`).
+    fn ids(&self) -> Result<Vec<String>> {
+        let dir = self.cfg.root.join("containers");
+        let entries = fs::read_dir(&dir).map_err(|source| ContainerError::Io {
+            op: "read",
+            path: dir.clone(),
+            source,
+        })?;
+        Ok(entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().join(files::CONTAINER).exists())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect())
+    }
+
+    /// Loads one container by full id, with its state.
+    pub(crate) fn load(&self, id: &str) -> Result<Container> {
+        let dir = self.container_dir(id);
+        let mut c: Container = read_json(&dir, files::CONTAINER)?
+            .ok_or_else(|| ContainerError::NotFound(id.to_string()))?;
+        c.state = load_state(&dir)?;
+        Ok(c)
+    }
+
+    pub(crate) fn find_by_name(&self, name: &str) -> Result<Option<String>> {
+        for id in self.ids()? {
+            let dir = self.container_dir(&id);
+            if let Some(c) = read_json::<Container>(&dir, files::CONTAINER)? {
+                if c.name == name {
+                    return Ok(Some(id));
+                }
+            }
+        }
+        Ok(None)
+    }
+
     /// Finds a container by full id, name (with or without a leading `/`) or unique id
     /// prefix, in Docker's order of precedence, with its current state.
     pub fn lookup(&self, needle: &str) -> Result<Container> {
-        let _ = needle;
-        todo!()
+        if needle.is_empty() {
+            return Err(ContainerError::NotFound(needle.to_string()));
+        }
+        let is_hex = needle.chars().all(|c| c.is_ascii_hexdigit());
+        if needle.len() == 64
+            && is_hex
+            && self.container_dir(needle).join(files::CONTAINER).exists()
+        {
+            return self.load(needle);
+        }
+        let name = needle.strip_prefix('/').unwrap_or(needle);
+        if let Some(id) = self.find_by_name(name)? {
+            return self.load(&id);
+        }
+        if is_hex {
+            let matches: Vec<String> = self
+                .ids()?
+                .into_iter()
+                .filter(|id| id.starts_with(needle))
+                .collect();
+            match matches.as_slice() {
+                [one] => return self.load(one),
+                [] => {}
+                _ => return Err(ContainerError::Ambiguous(needle.to_string())),
+            }
+        }
+        Err(ContainerError::NotFound(needle.to_string()))
     }
 
     /// All containers (only running ones unless `all`), newest first.
     pub fn list(&self, all: bool) -> Result<Vec<Container>> {
-        let _ = all;
-        todo!()
-    }
-}
-
-impl Runtime {
-    /// `<data-root>/containers/<id>`.
-    pub fn container_dir(&self, id: &str) -> std::path::PathBuf {
-        self.cfg.root.join("containers").join(id)
+        let mut out = Vec::new();
+        for id in self.ids()? {
+            // A container removed while we list is simply not listed.
+            match self.load(&id) {
+                Ok(c) if all || c.state.status == super::Status::Running => out.push(c),
+                Ok(_) | Err(ContainerError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        out.sort_by(|a, b| b.created.cmp(&a.created));
+        Ok(out)
     }
 }

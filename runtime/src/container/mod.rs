@@ -15,19 +15,22 @@ use serde::{Deserialize, Serialize};
 use crate::image::ImageError;
 
 mod create;
+mod delete;
 mod exec;
 mod inspect;
-mod stats;
-mod delete;
 mod kill;
 mod lookup;
 mod start;
-mod state;
+pub mod state;
+mod stats;
+mod user;
 mod wait;
 
 pub use self::exec::ExecSpec;
+pub use self::kill::parse_signal;
 pub use self::state::{State, Status};
 pub use self::stats::Stats;
+pub use self::user::resolve as resolve_user;
 
 /// Errors of container operations.
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +62,9 @@ pub enum ContainerError {
     #[error("You cannot remove a running container {0}. Stop the container before attempting removal or force remove")]
     Running(String),
     /// The image is used by a container and cannot be removed.
-    #[error("conflict: unable to remove image {image} - image is being used by container {container}")]
+    #[error(
+        "conflict: unable to remove image {image} - image is being used by container {container}"
+    )]
     ImageInUse {
         /// The image reference given.
         image: String,
@@ -72,6 +77,14 @@ pub enum ContainerError {
         /// 126: not executable, 127: not found, 125: anything else.
         code: i32,
         /// What went wrong, from inside the container setup.
+        message: String,
+    },
+    /// The cgroup counters could not be read.
+    #[error("read cgroup stats of {id}: {message}")]
+    Stats {
+        /// Container id.
+        id: String,
+        /// The cgroup error.
         message: String,
     },
     /// The image store failed.
@@ -179,3 +192,6 @@ impl Container {
         &self.id[..12.min(self.id.len())]
     }
 }
+
+/// Docker's default `PATH` for containers whose image sets none.
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";

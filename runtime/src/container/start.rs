@@ -1,14 +1,92 @@
-//! `Runtime::start`: hands the container to a new supervisor.
+//! `Runtime::start`: hands the container to a new supervisor (`shoal-shim run`).
 
-use super::{Container, Result, Runtime};
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+
+use nix::fcntl::OFlag;
+
+use super::state::files;
+use super::{Container, ContainerError, Result, Runtime, Status};
+use crate::process::shim::{StartReport, REPORT_FD};
 
 impl Runtime {
     /// Starts the container's process under a new supervisor and returns once the process
-    /// has been exec'd (or failed to: [`ContainerError::StartFailed`](super::ContainerError)
-    /// carries Docker's 125/126/127). Starting a running container is a no-op; starting an
-    /// exited one runs it again with the same upper directory, as `docker start` does.
+    /// has been exec'd (or failed to: [`ContainerError::StartFailed`] carries Docker's
+    /// 125/126/127). Starting a running container is a no-op; starting an exited one runs it
+    /// again with the same upper directory, as `docker start` does.
     pub fn start(&self, id: &str) -> Result<Container> {
-        let _ = id;
-        todo!()
+        let c = self.lookup(id)?;
+        if c.state.status == Status::Running {
+            return Ok(c);
+        }
+        let dir = self.container_dir(&c.id);
+        for f in [files::STATE, files::EXIT] {
+            match std::fs::remove_file(dir.join(f)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(ContainerError::Io {
+                        op: "remove",
+                        path: dir.join(f),
+                        source,
+                    })
+                }
+            }
+        }
+        let (read, write) =
+            nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|source| ContainerError::Sys {
+                op: "pipe".into(),
+                source,
+            })?;
+        let write_fd = write.as_raw_fd();
+        let mut cmd = Command::new(&self.cfg.shim);
+        cmd.arg("run")
+            .arg(&dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        // SAFETY: only async-signal-safe calls between fork and exec (setsid, dup2).
+        unsafe {
+            cmd.pre_exec(move || {
+                // Its own session: a signal to the daemon's process group (Ctrl-C on a
+                // foreground daemon) must not reach the container's supervisor.
+                libc::setsid();
+                if libc::dup2(write_fd, REPORT_FD) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(|source| ContainerError::Io {
+            op: "spawn",
+            path: self.cfg.shim.clone(),
+            source,
+        })?;
+        drop(write);
+        // The first shim process exits as soon as it has forked the real supervisor.
+        let _ = child.wait();
+        let mut report = Vec::new();
+        let mut f = std::fs::File::from(read);
+        f.read_to_end(&mut report)
+            .map_err(|source| ContainerError::Io {
+                op: "read start report of",
+                path: dir.clone(),
+                source,
+            })?;
+        match serde_json::from_slice::<StartReport>(&report) {
+            Ok(StartReport::Started { .. }) => self.load(&c.id),
+            Ok(StartReport::Failed { code, message }) => {
+                Err(ContainerError::StartFailed { code, message })
+            }
+            Err(_) => Err(ContainerError::StartFailed {
+                code: 125,
+                message: format!(
+                    "supervisor {} exited without reporting a start",
+                    self.cfg.shim.display()
+                ),
+            }),
+        }
     }
 }

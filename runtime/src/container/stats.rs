@@ -1,26 +1,22 @@
 //! `Runtime::stats`: resource usage of a running container, read from its cgroups.
 
-use serde::Serialize;
+pub use crate::cgroups::CgroupStats as Stats;
 
-use super::{Result, Runtime};
-
-/// One sample of a container's usage, in the units `docker stats` shows.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Stats {
-    /// Total CPU time used, nanoseconds.
-    pub cpu_usage_ns: u64,
-    /// Memory in use, bytes (cache excluded, as Docker computes it).
-    pub memory_usage: u64,
-    /// Memory limit, bytes (the host's memory when unlimited).
-    pub memory_limit: u64,
-    /// Processes and threads in the container.
-    pub pids: u64,
-}
+use super::{ContainerError, Result, Runtime, Status};
+use crate::cgroups::ContainerCgroup;
 
 impl Runtime {
     /// Reads the container's cgroup counters. Refused when not running.
     pub fn stats(&self, id: &str) -> Result<Stats> {
-        let _ = id;
-        todo!()
+        let c = self.lookup(id)?;
+        if c.state.status != Status::Running {
+            return Err(ContainerError::NotRunning(c.id));
+        }
+        ContainerCgroup::open(&self.cfg.cgroup_parent, &c.id)
+            .stats()
+            .map_err(|e| ContainerError::Stats {
+                id: c.id.clone(),
+                message: e.to_string(),
+            })
     }
 }

@@ -8,10 +8,16 @@
 //!   every image and container that uses it;
 //! - `repositories.json`: `name:tag` → image id (the config digest, as Docker uses);
 //! - `images/<config hex>.json`: the manifest digest and metadata of each image;
-//! - `tmp/`: staging for loads and unpacks; a failed load removes what it staged.
+//! - `tmp/`: staging for loads and unpacks; a failed load removes what it staged;
+//! - `lock`: the `flock` that serialises changes to the index.
 //!
 //! Every write is staged under `tmp/` and renamed into place, so a crash or a hostile archive
 //! never leaves a half-written blob or snapshot behind.
+//!
+//! Files: `store.rs` (the [`ImageStore`] API, staging → publish, GC), `archive.rs` (OCI layout
+//! and `docker save` formats, spooling), `unpack.rs` (decompression, safe layer extraction,
+//! whiteouts), `content.rs` (blobs and digests), `index.rs` (records, tags, lock),
+//! `manifest.rs` (JSON shapes), `reference.rs` (name and id parsing), `staging.rs` (`tmp/`).
 
 use std::path::PathBuf;
 
@@ -21,9 +27,13 @@ pub use self::store::ImageStore;
 
 mod archive;
 mod content;
+mod index;
 mod manifest;
 mod reference;
+mod staging;
 mod store;
+#[cfg(test)]
+mod tests;
 mod unpack;
 
 /// Errors of the image store. Each variant names the operation and the object it failed on.
@@ -61,6 +71,20 @@ pub enum ImageError {
     /// The archive is not a readable OCI layout or `docker save` archive.
     #[error("invalid image archive: {0}")]
     InvalidArchive(String),
+    /// An archive, layer or entry ended before its announced end.
+    #[error("truncated: {what} ends early")]
+    Truncated {
+        /// What was cut short ("image archive", "layer 1 (sha256:…)", an entry).
+        what: String,
+    },
+    /// A layer's snapshot is missing from the store (removed behind the store's back).
+    #[error("layer {diff_id} of the image is missing at {path}")]
+    MissingLayer {
+        /// The layer's diff id.
+        diff_id: String,
+        /// Where its snapshot should be.
+        path: PathBuf,
+    },
     /// A reference (`name:tag`, id or short id) could not be parsed.
     #[error("invalid reference format: {0:?}")]
     InvalidReference(String),
@@ -103,7 +127,7 @@ pub struct ImageInfo {
     pub diff_ids: Vec<String>,
     /// Creation time from the config (RFC 3339), if it has one.
     pub created: Option<String>,
-    /// Total unpacked size of the layers in bytes.
+    /// Total size of the layers uncompressed (the sum of their tar streams), in bytes.
     pub size: u64,
     /// The runtime-relevant part of the image config.
     pub config: ImageConfig,
@@ -116,8 +140,8 @@ pub struct ImageConfig {
     /// `User` (`uid[:gid]` or a name).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
-    /// `Env`, `KEY=VALUE` each.
-    #[serde(default)]
+    /// `Env`, `KEY=VALUE` each (Docker writes `null` for none).
+    #[serde(default, deserialize_with = "manifest::null_as_default")]
     pub env: Vec<String>,
     /// `Entrypoint`.
     #[serde(default)]

@@ -1,8 +1,461 @@
-//! The supervisor (to be written).
+//! The supervisor (`shoal-shim`): one small, single-threaded process per container.
+//!
+//! `shoal-shim run DIR` starts the container described by `DIR/config.json`. It detaches
+//! (forks, the parent exits) so that it outlives the daemon that spawned it, creates the
+//! cgroup, clones the container's init into new namespaces, reports the outcome on fd 3
+//! (JSON, then EOF), and then owns the container: it copies its output into the log, waits
+//! for it, records the exit in `exit.json` and removes the cgroup.
+//!
+//! `shoal-shim exec DIR PROCESS_JSON` runs one more process inside a running container, with
+//! the caller's stdio, and exits with that process's exit code.
+//!
+//! Everything here is synchronous (poll, no async runtime) to keep an idle supervisor well
+//! under 2 MB resident.
+
 use std::ffi::OsString;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime};
+
+use nix::fcntl::OFlag;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sched::CloneFlags;
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{fork, pipe2, ForkResult, Pid};
+use serde::{Deserialize, Serialize};
+
+use super::init::{self, EtcFiles, InitFds};
+use crate::cgroups::{ContainerCgroup, Limits};
+use crate::container::state::{files, proc_start_time, read_json, write_json, ExitFile, StateFile};
+use crate::logs::{LogWriter, Stream};
+use crate::security::seccomp;
+use crate::spec::{NetworkMode, ProcessSpec, RunSpec};
+
+/// The fd on which `run` reports the start's outcome to the runtime.
+pub const REPORT_FD: i32 = 3;
+
+/// Stack for the cloned init. Only the pages it touches are ever backed by memory.
+const INIT_STACK_SIZE: usize = 1024 * 1024;
+
+/// After the init exits, the kernel kills the rest of its pid namespace and the pipes reach
+/// EOF almost at once; this bounds the wait in case something else still holds them.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What `run` reports on fd 3.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum StartReport {
+    /// The process was exec'd.
+    Started {
+        /// Host pid of the container's process.
+        pid: i32,
+        /// Host pid of the supervisor.
+        shim_pid: i32,
+    },
+    /// It was not; `code` is Docker's 125/126/127.
+    Failed {
+        /// Exit code.
+        code: i32,
+        /// Reason.
+        message: String,
+    },
+}
 
 /// Entry point of the `shoal-shim` binary; returns the process exit code.
 pub fn main(args: Vec<OsString>) -> i32 {
-    let _ = args;
+    let arg = |i: usize| args.get(i).and_then(|a| a.to_str());
+    match (arg(1), arg(2)) {
+        (Some("run"), Some(dir)) => run(Path::new(dir)),
+        (Some("exec"), Some(dir)) => match arg(3) {
+            Some(process) => exec(Path::new(dir), process),
+            None => usage(),
+        },
+        _ => usage(),
+    }
+}
+
+fn usage() -> i32 {
+    eprintln!("usage: shoal-shim run DIR | shoal-shim exec DIR PROCESS_JSON");
+    2
+}
+
+fn run(dir: &Path) -> i32 {
+    // SAFETY: the runtime passes the report pipe as fd 3; nothing else in this process owns it.
+    let report = unsafe { OwnedFd::from_raw_fd(REPORT_FD) };
+    // The container's init must not inherit it: EOF on it tells the runtime we are done.
+    let _ = nix::fcntl::fcntl(
+        &report,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    );
+    let mut report = File::from(report);
+
+    let spec: RunSpec = match read_json(dir, files::CONFIG) {
+        Ok(Some(spec)) => spec,
+        Ok(None) => return fail_start(&mut report, dir, 125, "config.json missing".into()),
+        Err(e) => return fail_start(&mut report, dir, 125, e.to_string()),
+    };
+
+    // Detach: the runtime reaps our parent at once; we are re-parented and outlive it.
+    // SAFETY: single-threaded here; the child only continues this function.
+    match unsafe { fork() } {
+        Ok(ForkResult::Parent { .. }) => return 0,
+        Ok(ForkResult::Child) => {}
+        Err(e) => return fail_start(&mut report, dir, 125, format!("fork supervisor: {e}")),
+    }
+    supervise(dir, &spec, report)
+}
+
+/// Writes a failed start to the report pipe and to `exit.json`; returns the shim's exit code.
+fn fail_start(report: &mut File, dir: &Path, code: i32, message: String) -> i32 {
+    let exit = ExitFile {
+        exit_code: code,
+        oom_killed: false,
+        finished_at: now(),
+        error: message.clone(),
+    };
+    let _ = write_json(dir, files::EXIT, &exit);
+    let _ = serde_json::to_writer(&mut *report, &StartReport::Failed { code, message });
+    let _ = report.flush();
     1
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_nanos(SystemTime::now()).to_string()
+}
+
+struct Pipes {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+fn pipe() -> nix::Result<Pipes> {
+    let (read, write) = pipe2(OFlag::O_CLOEXEC)?;
+    Ok(Pipes { read, write })
+}
+
+fn etc_files(dir: &Path, spec: &RunSpec) -> std::io::Result<EtcFiles> {
+    let etc = EtcFiles {
+        hosts: dir.join("hosts"),
+        hostname: dir.join("hostname"),
+        resolv_conf: dir.join("resolv.conf"),
+    };
+    std::fs::write(
+        &etc.hosts,
+        format!(
+            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n",
+            spec.hostname
+        ),
+    )?;
+    std::fs::write(&etc.hostname, format!("{}\n", spec.hostname))?;
+    let resolv = match spec.network {
+        NetworkMode::Host => std::fs::read("/etc/resolv.conf").unwrap_or_default(),
+        NetworkMode::None => Vec::new(),
+    };
+    std::fs::write(&etc.resolv_conf, resolv)?;
+    Ok(etc)
+}
+
+fn supervise(dir: &Path, spec: &RunSpec, mut report: File) -> i32 {
+    let limits = Limits {
+        memory: spec.memory,
+        nano_cpus: spec.nano_cpus,
+        pids: spec.pids_limit,
+    };
+    let cgroup = match ContainerCgroup::create(&spec.cgroup, &spec.id, &limits) {
+        Ok(cg) => cg,
+        Err(e) => return fail_start(&mut report, dir, 125, format!("create cgroup: {e}")),
+    };
+    match start(dir, spec, &cgroup) {
+        Ok(started) => {
+            let state = StateFile {
+                pid: started.pid.as_raw(),
+                pid_start: proc_start_time(started.pid.as_raw()).unwrap_or_default(),
+                shim_pid: std::process::id() as i32,
+                shim_start: proc_start_time(std::process::id() as i32).unwrap_or_default(),
+                started_at: now(),
+            };
+            if let Err(e) = write_json(dir, files::STATE, &state) {
+                let _ = nix::sys::signal::kill(started.pid, nix::sys::signal::SIGKILL);
+                let _ = waitpid(started.pid, None);
+                let _ = cgroup.remove();
+                return fail_start(&mut report, dir, 125, format!("write state.json: {e}"));
+            }
+            let _ = serde_json::to_writer(
+                &mut report,
+                &StartReport::Started {
+                    pid: state.pid,
+                    shim_pid: state.shim_pid,
+                },
+            );
+            drop(report);
+            let exit = watch(dir, spec, started, &cgroup);
+            let _ = write_json(dir, files::EXIT, &exit);
+            if let Err(e) = cgroup.remove() {
+                tracing::warn!(?e, "remove cgroup");
+            }
+            0
+        }
+        Err((code, message)) => {
+            let _ = cgroup.remove();
+            fail_start(&mut report, dir, code, message)
+        }
+    }
+}
+
+struct Started {
+    pid: Pid,
+    stdout: OwnedFd,
+    stderr: OwnedFd,
+}
+
+/// Clones the init, places it in the cgroup, lets it go and waits until it has exec'd.
+fn start(dir: &Path, spec: &RunSpec, cgroup: &ContainerCgroup) -> Result<Started, (i32, String)> {
+    let internal = |what: &str, e: &dyn std::fmt::Display| (125, format!("{what}: {e}"));
+    let program = seccomp::default_program().map_err(|e| internal("seccomp", &e))?;
+    let etc = etc_files(dir, spec).map_err(|e| internal("write /etc files", &e))?;
+    let out = pipe().map_err(|e| internal("pipe", &e))?;
+    let err = pipe().map_err(|e| internal("pipe", &e))?;
+    let sync = pipe().map_err(|e| internal("pipe", &e))?;
+    let errpipe = pipe().map_err(|e| internal("pipe", &e))?;
+    let stdin: OwnedFd = File::open("/dev/null")
+        .map_err(|e| internal("open /dev/null", &e))?
+        .into();
+
+    let mut flags = CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC;
+    if spec.network == NetworkMode::None {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    let mut child_fds = Some(InitFds {
+        sync: sync.read,
+        error: errpipe.write,
+        stdio: [stdin, out.write, err.write],
+    });
+    let mut stack = vec![0u8; INIT_STACK_SIZE];
+    let cb = Box::new(|| match child_fds.take() {
+        Some(fds) => init::run(spec, fds, &etc, &program),
+        None => 125,
+    });
+    // SAFETY: this process is single-threaded, the child gets its own copy of memory (no
+    // CLONE_VM) and runs only `init::run`, which execs or exits.
+    let pid = unsafe { nix::sched::clone(cb, &mut stack, flags, Some(libc::SIGCHLD)) }
+        .map_err(|e| internal("clone", &e))?;
+    // Our copies of the child's ends must close, or we would never see EOF on them.
+    drop(child_fds);
+
+    let abort = |code: i32, message: String| {
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGKILL);
+        let _ = waitpid(pid, None);
+        (code, message)
+    };
+    if let Err(e) = cgroup.add_process(pid.as_raw()) {
+        return Err(abort(125, format!("join cgroup: {e}")));
+    }
+    if let Err(e) = nix::unistd::write(&sync.write, &[1]) {
+        return Err(abort(125, format!("start init: {e}")));
+    }
+    drop(sync.write);
+    let mut failure = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match nix::unistd::read(&errpipe.read, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => failure.extend_from_slice(&buf[..n]),
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err(abort(125, format!("read init report: {e}"))),
+        }
+    }
+    if !failure.is_empty() {
+        let (code, message) = init::parse_report(&failure);
+        let _ = waitpid(pid, None);
+        return Err((code, message));
+    }
+    Ok(Started {
+        pid,
+        stdout: out.read,
+        stderr: err.read,
+    })
+}
+
+fn pidfd_open(pid: Pid) -> std::io::Result<OwnedFd> {
+    // SAFETY: plain syscall; on success the kernel returns a new fd we take ownership of.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a freshly created, owned descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Copies output into the log until the process has exited and its pipes are drained.
+fn watch(dir: &Path, spec: &RunSpec, started: Started, cgroup: &ContainerCgroup) -> ExitFile {
+    let mut log = match LogWriter::open(dir, spec.log_max_size) {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::warn!(?e, "open log");
+            None
+        }
+    };
+    let pidfd = pidfd_open(started.pid).ok();
+    let mut streams: Vec<(Stream, Option<OwnedFd>)> = vec![
+        (Stream::Stdout, Some(started.stdout)),
+        (Stream::Stderr, Some(started.stderr)),
+    ];
+    let mut status: Option<i32> = None;
+    let mut drain_deadline: Option<Instant> = None;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let open: Vec<usize> = (0..streams.len())
+            .filter(|i| streams[*i].1.is_some())
+            .collect();
+        if status.is_some() && open.is_empty() {
+            break;
+        }
+        if let Some(deadline) = drain_deadline {
+            if Instant::now() >= deadline {
+                break;
+            }
+        }
+        let mut fds: Vec<PollFd> = open
+            .iter()
+            .filter_map(|i| streams[*i].1.as_ref())
+            .map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLIN))
+            .collect();
+        let watch_pid = status.is_none() && pidfd.is_some();
+        if watch_pid {
+            if let Some(p) = pidfd.as_ref() {
+                fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
+            }
+        }
+        let timeout = if status.is_some() {
+            PollTimeout::from(100u16)
+        } else if pidfd.is_none() {
+            // No pidfd (very old kernel): poll for the exit every 100 ms.
+            PollTimeout::from(100u16)
+        } else {
+            PollTimeout::NONE
+        };
+        match poll(&mut fds, timeout) {
+            Ok(_) | Err(nix::Error::EINTR) => {}
+            Err(e) => {
+                tracing::warn!(?e, "poll");
+                break;
+            }
+        }
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        drop(fds);
+        for (slot, idx) in open.iter().enumerate() {
+            if !ready[slot] {
+                continue;
+            }
+            let (stream, fd) = &mut streams[*idx];
+            let Some(f) = fd.as_ref() else { continue };
+            match nix::unistd::read(f, &mut buf) {
+                Ok(0) => *fd = None,
+                Ok(n) => {
+                    if let Some(l) = log.as_mut() {
+                        if let Err(e) = l.write(*stream, &buf[..n]) {
+                            tracing::warn!(?e, "write log");
+                        }
+                    }
+                }
+                Err(nix::Error::EINTR | nix::Error::EAGAIN) => {}
+                Err(_) => *fd = None,
+            }
+        }
+        if status.is_none() {
+            match waitpid(started.pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::Exited(_, code)) => status = Some(code),
+                Ok(WaitStatus::Signaled(_, sig, _)) => status = Some(128 + sig as i32),
+                Ok(_) => {}
+                Err(_) => status = Some(255),
+            }
+            if status.is_some() {
+                drain_deadline = Some(Instant::now() + DRAIN_TIMEOUT);
+            }
+        }
+    }
+    let oom = cgroup.oom_killed();
+    ExitFile {
+        exit_code: status.unwrap_or(255),
+        oom_killed: oom,
+        finished_at: now(),
+        error: String::new(),
+    }
+}
+
+/// `shoal-shim exec DIR PROCESS_JSON`: joins the running container and runs the process.
+fn exec(dir: &Path, process_json: &str) -> i32 {
+    match exec_inner(dir, process_json) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("OCI runtime exec failed: {message}");
+            125
+        }
+    }
+}
+
+fn exec_inner(dir: &Path, process_json: &str) -> Result<i32, String> {
+    let process: ProcessSpec =
+        serde_json::from_str(process_json).map_err(|e| format!("bad process spec: {e}"))?;
+    let spec: RunSpec = read_json(dir, files::CONFIG)
+        .map_err(|e| e.to_string())?
+        .ok_or("config.json missing")?;
+    let state: StateFile = read_json(dir, files::STATE)
+        .map_err(|e| e.to_string())?
+        .ok_or("container is not running")?;
+    if read_json::<ExitFile>(dir, files::EXIT)
+        .map_err(|e| e.to_string())?
+        .is_some()
+        || !crate::container::state::alive(state.pid, state.pid_start)
+    {
+        return Err(format!("container {} is not running", spec.id));
+    }
+    let program = seccomp::default_program().map_err(|e| e.to_string())?;
+    // Open every namespace before entering any: after the mount namespace /proc is the
+    // container's.
+    let mut namespaces = Vec::new();
+    for ns in ["ipc", "uts", "net", "pid", "mnt"] {
+        let path = PathBuf::from(format!("/proc/{}/ns/{ns}", state.pid));
+        let f = File::open(&path).map_err(|e| format!("open {}: {e}", path.display()))?;
+        namespaces.push((ns, f));
+    }
+    let cgroup = ContainerCgroup::open(&spec.cgroup, &spec.id);
+    cgroup
+        .add_process(std::process::id() as i32)
+        .map_err(|e| format!("join cgroup: {e}"))?;
+    for (ns, f) in &namespaces {
+        nix::sched::setns(f, CloneFlags::empty()).map_err(|e| format!("setns {ns}: {e}"))?;
+    }
+    drop(namespaces);
+    // A new pid namespace applies to children only: fork so the process is inside it.
+    // SAFETY: single-threaded; the child only execs or exits.
+    match unsafe { fork() }.map_err(|e| format!("fork: {e}"))? {
+        ForkResult::Child => {
+            let failure = match init::exec_process(&process, &program) {
+                Ok(never) => match never {},
+                Err(f) => f,
+            };
+            let (code, message) = init::failure_parts(&failure);
+            eprintln!("OCI runtime exec failed: exec failed: {message}");
+            let _ = std::io::stderr().flush();
+            // SAFETY: leaving the forked child without running the parent's destructors.
+            unsafe { libc::_exit(code) }
+        }
+        ForkResult::Parent { child } => loop {
+            match waitpid(child, None) {
+                Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+                Ok(WaitStatus::Signaled(_, sig, _)) => return Ok(128 + sig as i32),
+                Ok(_) => continue,
+                Err(nix::Error::EINTR) => continue,
+                Err(e) => return Err(format!("wait: {e}")),
+            }
+        },
+    }
 }

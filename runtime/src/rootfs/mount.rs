@@ -1,0 +1,165 @@
+//! The mount table of a new container: overlay root, then the pseudo-filesystems Docker
+//! mounts (same options as moby's `oci/defaults.go`).
+
+use std::fs;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::Path;
+
+use nix::mount::{mount, MsFlags};
+
+use super::{err, Result};
+use crate::spec::RunSpec;
+
+/// Makes every mount in our (new) namespace private, so nothing we mount propagates back to
+/// the host — the host's mounts are often shared (systemd makes / shared).
+pub fn make_private() -> Result<()> {
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(err("make private", "/"))
+}
+
+/// Mounts the overlay of the image layers and the container's upper directory on
+/// `spec.rootfs`.
+pub fn mount_overlay(spec: &RunSpec) -> Result<()> {
+    let lower: Vec<String> = spec
+        .lower_dirs
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    let data = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.join(":"),
+        spec.upper_dir.display(),
+        spec.work_dir.display()
+    );
+    mount(
+        Some("overlay"),
+        &spec.rootfs,
+        Some("overlay"),
+        MsFlags::empty(),
+        Some(data.as_str()),
+    )
+    .map_err(err("mount overlay on", &spec.rootfs))
+}
+
+struct Pseudo {
+    target: &'static str,
+    fstype: &'static str,
+    flags: MsFlags,
+    data: &'static str,
+}
+
+/// Docker's default mounts, in order (a later one may sit inside an earlier one).
+fn pseudo_mounts() -> [Pseudo; 6] {
+    let nosuid_noexec_nodev = MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC | MsFlags::MS_NODEV;
+    [
+        Pseudo {
+            target: "proc",
+            fstype: "proc",
+            flags: nosuid_noexec_nodev,
+            data: "",
+        },
+        Pseudo {
+            target: "dev",
+            fstype: "tmpfs",
+            flags: MsFlags::MS_NOSUID | MsFlags::MS_STRICTATIME,
+            data: "mode=755,size=65536k",
+        },
+        Pseudo {
+            target: "dev/pts",
+            fstype: "devpts",
+            flags: MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            data: "newinstance,ptmxmode=0666,mode=0620,gid=5",
+        },
+        Pseudo {
+            target: "dev/shm",
+            fstype: "tmpfs",
+            flags: nosuid_noexec_nodev,
+            data: "mode=1777,size=65536k",
+        },
+        Pseudo {
+            target: "dev/mqueue",
+            fstype: "mqueue",
+            flags: nosuid_noexec_nodev,
+            data: "",
+        },
+        Pseudo {
+            target: "sys",
+            fstype: "sysfs",
+            flags: nosuid_noexec_nodev | MsFlags::MS_RDONLY,
+            data: "",
+        },
+    ]
+}
+
+/// Mounts /proc, /dev (+pts, shm, mqueue) and a read-only /sys under `rootfs`, creating the
+/// mount points in the container's upper layer when the image lacks them.
+pub fn mount_pseudo(rootfs: &Path) -> Result<()> {
+    for m in pseudo_mounts() {
+        let target = rootfs.join(m.target);
+        ensure_dir(&target)?;
+        let data = (!m.data.is_empty()).then_some(m.data);
+        mount(Some(m.fstype), &target, Some(m.fstype), m.flags, data)
+            .map_err(err("mount", &target))?;
+    }
+    Ok(())
+}
+
+/// Bind-mounts a file the runtime generated (hosts, hostname, resolv.conf) over `target`
+/// inside the rootfs, when the image has an /etc to put it in.
+pub fn bind_file(source: &Path, rootfs: &Path, target: &str) -> Result<()> {
+    let dest = rootfs.join(target);
+    let Some(parent) = dest.parent() else {
+        return Ok(());
+    };
+    if !parent.is_dir() {
+        return Ok(());
+    }
+    if fs::symlink_metadata(&dest).is_err() {
+        fs::write(&dest, b"").map_err(|e| super::RootfsError {
+            op: "create mount point",
+            path: dest.clone(),
+            source: nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+        })?;
+    }
+    mount(
+        Some(source),
+        &dest,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(err("bind mount", &dest))
+}
+
+/// Remounts the root read-only (`--read-only`), after everything else is mounted.
+pub fn remount_root_readonly() -> Result<()> {
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REMOUNT | MsFlags::MS_BIND | MsFlags::MS_RDONLY,
+        None::<&str>,
+    )
+    .map_err(err("remount read-only", "/"))
+}
+
+pub(crate) fn ensure_dir(path: &Path) -> Result<()> {
+    if path.is_dir() {
+        return Ok(());
+    }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(path)
+        .map_err(|e| super::RootfsError {
+            op: "create directory",
+            path: path.to_path_buf(),
+            source: nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+        })
+}

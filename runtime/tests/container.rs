@@ -1,0 +1,417 @@
+//! The container as seen from inside: isolation, confinement, limits, process and exit
+//! semantics, logs. Real namespaces, mounts and cgroups: run as root (CI does).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{require_root, TestRuntime};
+use shoal_runtime::{ContainerSpec, Status};
+
+#[test]
+fn pid_one_is_the_command_and_host_is_invisible() {
+    if !require_root() {
+        return;
+    }
+    let t = TestRuntime::new();
+    let (code, out) = t.sh("echo pid=$$; ls /proc | grep -c '^[0-9]'");
+    assert_eq!(code, 0, "{out}");
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("pid=1"));
+    // sh, ls, grep: only our own processes are visible.
+    let n: usize = lines
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .expect("count");
+    assert!(n <= 4, "saw {n} processes: host processes are visible");
+}
+
+#[test]
+fn hostname_and_etc_files() {
+    if !require_root() {
+        return;
+    }
+    let t = TestRuntime::new();
+    let mut spec = t.spec(&[
+        "sh",
+        "-c",
+        "hostname; cat /etc/hostname; grep -c web1 /etc/hosts",
+    ]);
+    spec.hostname = Some("web1".into());
+    let (code, out, _) = t.run(spec);
+    assert_eq!((code, out.as_str()), (0, "web1\nweb1\n1\n"));
+}
+
+#[test]
+fn confinement() {
+    if !require_root() {
+        return;
+    }
+    let t = TestRuntime::new();
+    // /proc/kcore exists only on kernels built with it (not this CI's): check it when it
+    // does, and always check masked paths that every kernel here has.
+    let kcore = std::path::Path::new("/proc/kcore").exists();
+    let (code, out) = t.sh(concat!(
+        "if [ -e /proc/kcore ]; then wc -c < /proc/kcore; else echo 0; fi; ",
+        "cat /proc/keys /proc/timer_list | wc -c; ls /sys/firmware | wc -l; ",
+        "touch /sys/x 2>/dev/null && echo sys-writable || echo sys-ro; ",
+        "mkdir -p /mnt/t; mount -t tmpfs none /mnt/t 2>/dev/null && echo mounted || echo mount-denied; ",
+        "grep -E '^(CapEff|CapBnd|NoNewPrivs|Seccomp):' /proc/self/status"
+    ));
+    assert_eq!(code, 0, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines[0].trim(),
+        "0",
+        "/proc/kcore must be masked (exists: {kcore}): {out}"
+    );
+    assert_eq!(
+        lines[1].trim(),
+        "0",
+        "/proc/keys and /proc/timer_list must be masked: {out}"
+    );
+    assert_eq!(lines[2].trim(), "0", "/sys/firmware must be masked: {out}");
+    assert_eq!(lines[3], "sys-ro");
+    assert_eq!(lines[4], "mount-denied");
+    let field = |name: &str| {
+        lines
+            .iter()
+            .find_map(|l| l.strip_prefix(name))
+            .map(|v| v.trim().to_string())
+            .unwrap_or_else(|| panic!("{name} missing in {out}"))
+    };
+    let cap_eff = u64::from_str_radix(&field("CapEff:"), 16).expect("hex");
+    const CAP_SYS_ADMIN: u64 = 21;
+    assert_eq!(cap_eff & (1 << CAP_SYS_ADMIN), 0, "CAP_SYS_ADMIN present");
+    // Docker's default set is exactly 0x00000000a80425fb.
+    assert_eq!(cap_eff, 0xa80425fb, "CapEff {cap_eff:x}");
+    assert_eq!(field("NoNewPrivs:"), "1");
+    assert_eq!(field("Seccomp:"), "2");
+}
+
+#[test]
+fn cap_add_and_drop() {
+    if !require_root() {
+        return;
+    }
+    let t = TestRuntime::new();
+    let mut spec = t.spec(&["sh", "-c", "grep CapEff /proc/self/status"]);
+    spec.cap_drop = vec!["ALL".into()];
+    spec.cap_add = vec!["net_admin".into()];
+    let (code, out, _) = t.run(spec);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out.trim(), "CapEff:\t0000000000001000");
+}
+
+#[test]
+fn env_workdir_user() {
+    if !require_root() {
+        return;
+    }
+    let t = TestRuntime::new();
+    let mut spec = t.spec(&[
+        "sh",
+        "-c",
+        "echo $FOO; pwd; id -u; id -g; id -G; grep CapEff /proc/self/status",
+    ]);
+    spec.env = vec!["FOO=bar baz".into()];
+    spec.workdir = Some("/work/dir".into());
+    spec.user = Some("shoal".into());
+    let (code, out, _) = t.run(spec);
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        out,
+        "bar baz\n/work/dir\n1000\n1000\n1000 50\nCapEff:\t0000000000000000\n"
+    );
+    let mut spec = t.spec(&["id"]);
+    spec.user = Some("4242:4343".into());
+    let (_, out, _) = t.run(spec);
+    assert!(out.starts_with("uid=4242 gid=4343"), "{out}");
+    let mut spec = t.spec(&["id"]);
+    spec.user = Some("nosuchuser".into());
+    let err = t.rt.create(spec).expect_err("unknown user");
+    assert!(
+        err.to_string().contains("unable to find user nosuchuser"),
+        "{err}"
+    );
+}
+
+#[test]
+fn exit_codes_and_start_failures() {
+    if !require_root() {
+        return;
+    }
+    let t = TestRuntime::new();
+    assert_eq!(t.sh("exit 3").0, 3);
+    assert_eq!(t.sh("true").0, 0);
+    // Signals: pid 1 gets only the signals it handles (the kernel's rule for namespace
+    // inits), SIGKILL always; a death by signal reads 128 + signal, as Docker reports it.
+    let c =
+        t.rt.create(t.spec(&[
+            "sh",
+            "-c",
+            "trap 'exit 7' USR1; while true; do sleep 0.05; done",
+        ]))
+        .expect("create");
+    t.rt.start(&c.id).expect("start");
+    std::thread::sleep(Duration::from_millis(200));
+    t.rt.kill(&c.id, libc::SIGUSR1).expect("kill USR1");
+    assert_eq!(t.rt.wait(&c.id).expect("wait").exit_code, 7);
+    let c = t.rt.create(t.spec(&["sleep", "1000"])).expect("create");
+    t.rt.start(&c.id).expect("start");
+    t.rt.kill(&c.id, libc::SIGKILL).expect("kill");
+    assert_eq!(
+        t.rt.wait(&c.id).expect("wait").exit_code,
+        128 + libc::SIGKILL
+    );
+    assert!(
+        t.rt.kill(&c.id, libc::SIGKILL).is_err(),
+        "kill of an exited container"
+    );
+    let (code, msg, _) = t.run(t.spec(&["/no/such/binary"]));
+    assert_eq!(code, 127, "{msg}");
+    let (code, msg, _) = t.run(t.spec(&["nosuchcommand"]));
+    assert_eq!(code, 127, "{msg}");
+    assert!(msg.contains("executable file not found in $PATH"), "{msg}");
+    let (code, msg, id) = t.run(t.spec(&["/etc/passwd"]));
+    assert_eq!(code, 126, "{msg}");
+    let c = t.rt.lookup(&id).expect("lookup");
+    assert_eq!(c.state.status, Status::Created);
+    assert_eq!(c.state.exit_code, 126);
+    assert!(!c.state.error.is_empty());
+}
+
+#[test]
+fn stop_kill_and_state() {
+    if !require_root() {
+        return;
+    }
+    let t = TestRuntime::new();
+    // sleep as pid 1 has no SIGTERM handler: stop must fall back to SIGKILL after the grace.
+    let c = t.rt.create(t.spec(&["sleep", "1000"])).expect("create");
+    let c = t.rt.start(&c.id).expect("start");
+    assert_eq!(c.state.status, Status::Running);
+    assert!(c.state.pid > 0);
+    assert_eq!(t.rt.list(false).expect("ls").len(), 1);
+    t.rt.stop(&c.id, Duration::from_millis(200)).expect("stop");
+    let s = t.rt.lookup(&c.id).expect("lookup").state;
+    assert_eq!((s.status, s.exit_code), (Status::Exited, 137));
+    assert!(t.rt.list(false).expect("ls").is_empty());
+    // A shell that traps TERM exits on its own within the grace.
+    let c =
+        t.rt.create(t.spec(&[
+            "sh",
+            "-c",
+            "trap 'exit 42' TERM; while true; do sleep 0.1; done",
+        ]))
+        .expect("create");
+    t.rt.start(&c.id).expect("start");
+    std::thread::sleep(Duration::from_millis(200));
+    t.rt.stop(&c.id, Duration::from_secs(10)).expect("stop");
+    assert_eq!(t.rt.lookup(&c.id).expect("lookup").state.exit_code, 42);
+    // Restart of an exited container works and keeps its upper layer.
+    let c =
+        t.rt.create(t.spec(&["sh", "-c", "echo x >> /count; wc -l < /count"]))
+            .expect("create");
+    t.rt.start(&c.id).expect("start");
+    t.rt.wait(&c.id).expect("wait");
+    t.rt.start(&c.id).expect("restart");
+    t.rt.wait(&c.id).expect("wait");
+    let logs =
+        t.rt.logs(&c.id)
+            .expect("logs")
+            .read_all(None)
+            .expect("read");
+    let text: String = logs.iter().map(|r| r.log.as_str()).collect();
+    assert_eq!(text.split_whitespace().collect::<Vec<_>>(), ["1", "2"]);
+    // Removing a running container needs force.
+    let c = t.rt.create(t.spec(&["sleep", "1000"])).expect("create");
+    t.rt.start(&c.id).expect("start");
+    assert!(t.rt.remove(&c.id, false).is_err());
+    t.rt.remove(&c.id, true).expect("force remove");
+    assert!(t.rt.lookup(&c.id).is_err());
+}
+
+#[test]
+fn memory_limit_oom_kill_is_reported() {
+    if !require_root() {
+        return;
+    }
+    let t = TestRuntime::new();
+    let mut spec = t.spec(&[
+        "sh",
+        "-c",
+        "x=$(head -c 200000000 /dev/zero | tr '\\0' a); echo survived",
+    ]);
+    spec.memory = Some(32 * 1024 * 1024);
+    let (code, out, id) = t.run(spec);
+    assert_eq!(code, 137, "{out}");
+    let c = t.rt.lookup(&id).expect("lookup");
+    assert!(c.state.oom_killed, "OOMKilled not reported");
+    assert_eq!(t.rt.inspect(&c)["State"]["OOMKilled"], true);
+}
+
+#[test]
+fn pids_limit_stops_a_fork_bomb() {
+    if !require_root() {
+        return;
+    }
+    let t = TestRuntime::new();
+    // Each subshell counts the processes it can see, then the bomb goes on forking; once
+    // the limit is hit, fork fails and the shell gives up.
+    let mut spec = t.spec(&[
+        "sh",
+        "-c",
+        "n=0; while [ $n -lt 200 ]; do sleep 5 & n=$((n+1)); echo $(ls /proc | grep -c '^[0-9]'); done",
+    ]);
+    spec.pids_limit = Some(20);
+    let (code, out, _) = t.run(spec);
+    assert_ne!(code, 0, "the fork bomb was not stopped: {out}");
+    assert!(out.contains("can't fork"), "{out}");
+    let max = out
+        .lines()
+        .filter_map(|l| l.trim().parse::<usize>().ok())
+        .max()
+        .unwrap_or_default();
+    assert!(
+        max > 5 && max <= 20,
+        "saw {max} processes with pids limit 20: {out}"
+    );
+}
+
+#[test]
+fn logs_are_complete_in_order_per_stream() {
+    if !require_root() {
+        return;
+    }
+    let t = TestRuntime::new();
+    let (code, out) = t.sh("seq 1 20000; echo err >&2");
+    assert_eq!(code, 0);
+    let nums: Vec<&str> = out.lines().filter(|l| *l != "err").collect();
+    assert_eq!(nums.len(), 20000);
+    assert_eq!(nums.last(), Some(&"20000"));
+    assert!(out.contains("err\n"));
+}
+
+#[test]
+fn read_only_root_and_network_none() {
+    if !require_root() {
+        return;
+    }
+    let t = TestRuntime::new();
+    let mut spec = t.spec(&[
+        "sh",
+        "-c",
+        "touch /x 2>/dev/null && echo rw || echo ro; touch /tmp/y 2>/dev/null && echo tmp-rw || echo tmp-ro; ls /sys/class/net",
+    ]);
+    spec.read_only = true;
+    let (code, out, _) = t.run(spec);
+    assert_eq!(code, 0, "{out}");
+    // /tmp is part of the read-only root (Docker does the same without --tmpfs).
+    assert_eq!(out, "ro\ntmp-ro\nlo\n");
+}
+
+#[test]
+fn many_cycles_leave_nothing_behind() {
+    if !require_root() {
+        return;
+    }
+    let t = TestRuntime::new();
+    let mounts_before = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    let cycles: usize = std::env::var("SHOAL_CYCLES")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(200);
+    let mut ids = Vec::new();
+    for _ in 0..cycles {
+        let (code, _, id) = t.run(t.spec(&["true"]));
+        assert_eq!(code, 0);
+        t.rt.remove(&id, false).expect("remove");
+        ids.push(id);
+    }
+    let mounts_after = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
+    assert_eq!(mounts_before.lines().count(), mounts_after.lines().count());
+    for id in &ids {
+        assert!(!mounts_after.contains(id.as_str()), "mount left for {id}");
+        assert!(!t.rt.container_dir(id).exists(), "dir left for {id}");
+        for h in ["memory", "cpu", "pids", "devices", "freezer", "cpuacct"] {
+            let p = std::path::Path::new("/sys/fs/cgroup")
+                .join(h)
+                .join("shoal")
+                .join(id);
+            assert!(!p.exists(), "cgroup left: {}", p.display());
+        }
+    }
+    let shims = std::fs::read_dir("/proc")
+        .expect("proc")
+        .filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read_to_string(e.path().join("cmdline")).ok())
+        .filter(|cmd| ids.iter().any(|id| cmd.contains(id.as_str())))
+        .count();
+    assert_eq!(shims, 0, "supervisor processes left");
+}
+
+#[test]
+fn bad_specs_are_refused_cleanly() {
+    if !require_root() {
+        return;
+    }
+    let t = TestRuntime::new();
+    let bad: Vec<(ContainerSpec, &str)> = vec![
+        (
+            ContainerSpec {
+                image: "nosuch:image".into(),
+                cmd: vec!["true".into()],
+                ..Default::default()
+            },
+            "No such image",
+        ),
+        (t.spec(&[]), "no command specified"),
+        (
+            ContainerSpec {
+                name: Some("bad name".into()),
+                ..t.spec(&["true"])
+            },
+            "Invalid container name",
+        ),
+        (
+            ContainerSpec {
+                cap_add: vec!["CAP_NOPE".into()],
+                ..t.spec(&["true"])
+            },
+            "NOPE",
+        ),
+        (
+            ContainerSpec {
+                memory: Some(1024),
+                ..t.spec(&["true"])
+            },
+            "Minimum memory limit",
+        ),
+        (
+            ContainerSpec {
+                workdir: Some("relative".into()),
+                ..t.spec(&["true"])
+            },
+            "absolute path",
+        ),
+    ];
+    for (spec, want) in bad {
+        let err = t.rt.create(spec).expect_err(want);
+        assert!(
+            err.to_string().contains(want),
+            "{err} should mention {want}"
+        );
+    }
+    assert!(
+        t.rt.list(true).expect("ls").is_empty(),
+        "a refused create left a container"
+    );
+    let named = ContainerSpec {
+        name: Some("web".into()),
+        ..t.spec(&["true"])
+    };
+    t.rt.create(named.clone()).expect("first");
+    let err = t.rt.create(named).expect_err("dup name");
+    assert!(err.to_string().contains("already in use"), "{err}");
+}

@@ -19,5 +19,7 @@ pub mod rootfs;
 pub mod security;
 pub mod spec;
 
-pub use container::{Container, ContainerError, Runtime, RuntimeConfig, State, Status};
+pub use container::{
+    Container, ContainerError, ExecSpec, Runtime, RuntimeConfig, State, Stats, Status,
+};
 pub use spec::ContainerSpec;

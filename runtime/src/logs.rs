@@ -205,7 +205,7 @@ mod tests {
     #[test]
     fn writes_lines_and_follows_rotation() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut w = LogWriter::open(dir.path(), 200).expect("open");
+        let mut w = LogWriter::open(dir.path(), 700).expect("open");
         let mut r = LogReader::new(dir.path());
         w.write(Stream::Stdout, b"one\ntwo\npart").expect("write");
         let got = r.read_all(None).expect("read");

@@ -415,3 +415,83 @@ fn bad_specs_are_refused_cleanly() {
     let err = t.rt.create(named).expect_err("dup name");
     assert!(err.to_string().contains("already in use"), "{err}");
 }
+
+#[test]
+fn exec_joins_the_container() {
+    if !require_root() {
+        return;
+    }
+    let t = TestRuntime::new();
+    let mut spec = t.spec(&["sleep", "1000"]);
+    spec.hostname = Some("box".into());
+    spec.env = vec!["FROM_CONTAINER=1".into()];
+    let c = t.rt.create(spec).expect("create");
+    t.rt.start(&c.id).expect("start");
+    let exec = |spec: &shoal_runtime::ExecSpec| {
+        let out =
+            t.rt.exec_command(&c.id, spec)
+                .expect("exec command")
+                .output()
+                .expect("spawn exec");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = exec(&shoal_runtime::ExecSpec {
+        args: vec![
+            "sh".into(),
+            "-c".into(),
+            "hostname; echo $FROM_CONTAINER $EXTRA; ps -o pid,comm | grep -c sleep; grep -E '^(NoNewPrivs|Seccomp):' /proc/self/status; exit 5".into(),
+        ],
+        env: vec!["EXTRA=2".into()],
+        ..Default::default()
+    });
+    assert_eq!(code, 5, "{out}{err}");
+    assert_eq!(out, "box\n1 2\n1\nNoNewPrivs:\t1\nSeccomp:\t2\n");
+    let (code, out, _) = exec(&shoal_runtime::ExecSpec {
+        args: vec!["id".into()],
+        user: Some("shoal".into()),
+        ..Default::default()
+    });
+    assert_eq!(code, 0);
+    assert!(out.starts_with("uid=1000(shoal) gid=1000(shoal)"), "{out}");
+    let (code, _, err) = exec(&shoal_runtime::ExecSpec {
+        args: vec!["nosuchcmd".into()],
+        ..Default::default()
+    });
+    assert_eq!(code, 127, "{err}");
+    assert!(err.contains("executable file not found"), "{err}");
+    let stats = t.rt.stats(&c.id).expect("stats");
+    assert!(stats.pids >= 1 && stats.memory_usage > 0, "{stats:?}");
+    t.rt.stop(&c.id, Duration::ZERO).expect("stop");
+    assert!(t.rt.exec_command(&c.id, &Default::default()).is_err());
+    assert!(t.rt.stats(&c.id).is_err());
+}
+
+#[test]
+fn containers_outlive_the_runtime_handle() {
+    if !require_root() {
+        return;
+    }
+    let t = TestRuntime::new();
+    let c =
+        t.rt.create(t.spec(&["sh", "-c", "echo before; sleep 1; echo after; exit 9"]))
+            .expect("create");
+    t.rt.start(&c.id).expect("start");
+    // A second handle on the same data root (what a restarted daemon opens) sees the same
+    // running container, and its exit once the supervisor records it.
+    let again = shoal_runtime::Runtime::open(t.rt.config().clone()).expect("reopen");
+    let seen = again.lookup(&c.short_id()[..6]).expect("by prefix");
+    assert_eq!(seen.state.status, Status::Running);
+    let state = again.wait(&c.id).expect("wait");
+    assert_eq!((state.status, state.exit_code), (Status::Exited, 9));
+    let logs = again
+        .logs(&c.id)
+        .expect("logs")
+        .read_all(None)
+        .expect("read");
+    let text: String = logs.iter().map(|r| r.log.as_str()).collect();
+    assert_eq!(text, "before\nafter\n");
+}

@@ -42,27 +42,33 @@ fn main() -> Result<()> {
     println!("runtime benchmark: {n} runs each of create+start+wait+remove of /bin/true");
     let api = bench_api(&bin, work.path(), &tar, n)?;
     let runc = bench_runc(work.path(), &tar, n)?;
-    let cli = bench_cli(&bin, work.path(), &tar, n)?;
+    let cli = if bin.join("shoald").exists() {
+        Some(bench_cli(&bin, work.path(), &tar, n)?)
+    } else {
+        println!("(no shoald next to the benchmark: CLI path skipped)");
+        None
+    };
     let rss = idle_shim_rss(&bin, work.path(), &tar)?;
 
     println!();
     println!("{:<40} {:>10}", "path", "median ms");
     println!("{:<40} {:>10.2}", "shoal runtime API", ms(api));
-    println!(
-        "{:<40} {:>10.2}",
-        "shoal container run --rm (CLI+daemon)",
-        ms(cli)
-    );
+    if let Some(cli) = cli {
+        let label = "shoal container run --rm (CLI+daemon)";
+        println!("{label:<40} {:>10.2}", ms(cli));
+    }
     println!("{:<40} {:>10.2}", "runc run", ms(runc));
     println!();
     println!(
         "ratio shoal API / runc      = {:.3}  (target <= 0.333)",
         api.as_secs_f64() / runc.as_secs_f64()
     );
-    println!(
-        "ratio shoal CLI run / runc  = {:.3}  (target <= 1.0)",
-        cli.as_secs_f64() / runc.as_secs_f64()
-    );
+    if let Some(cli) = cli {
+        println!(
+            "ratio shoal CLI run / runc  = {:.3}  (target <= 1.0)",
+            cli.as_secs_f64() / runc.as_secs_f64()
+        );
+    }
     println!(
         "idle supervisor RSS         = {:.0} KiB  (target < 2048 KiB)",
         rss as f64
@@ -87,19 +93,35 @@ fn bench_api(bin: &Path, work: &Path, tar: &Path, n: usize) -> Result<Duration> 
         ..Default::default()
     };
     let mut times = Vec::with_capacity(n);
+    let mut phases: [Vec<Duration>; 4] = Default::default();
     for i in 0..n + 5 {
         let t = Instant::now();
         let c = rt.create(spec.clone())?;
+        let t1 = Instant::now();
         rt.start(&c.id)?;
+        let t2 = Instant::now();
         let s = rt.wait(&c.id)?;
+        let t3 = Instant::now();
         rt.remove(&c.id, false)?;
         let d = t.elapsed();
         ensure!(s.exit_code == 0, "exit {}", s.exit_code);
         // The first runs warm the page cache and the cgroup hierarchy.
         if i >= 5 {
             times.push(d);
+            phases[0].push(t1 - t);
+            phases[1].push(t2 - t1);
+            phases[2].push(t3 - t2);
+            phases[3].push(t3.elapsed());
         }
     }
+    let [create, start, wait, remove] = phases.map(median);
+    println!(
+        "shoal API phases (median ms): create {:.2}, start {:.2}, wait {:.2}, remove {:.2}",
+        ms(create),
+        ms(start),
+        ms(wait),
+        ms(remove)
+    );
     Ok(median(times))
 }
 

@@ -495,3 +495,85 @@ fn containers_outlive_the_runtime_handle() {
     let text: String = logs.iter().map(|r| r.log.as_str()).collect();
     assert_eq!(text, "before\nafter\n");
 }
+
+/// Reads attach frames until the exit frame; returns (stdout, stderr, exit code).
+fn collect_attach(stream: &mut std::os::unix::net::UnixStream) -> (String, String, i32) {
+    use shoal_runtime::process::attach::{kind, read_frame};
+    let (mut out, mut err) = (Vec::new(), Vec::new());
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    while let Some((k, payload)) = read_frame(stream).expect("frame") {
+        match k {
+            kind::STDOUT => out.extend_from_slice(&payload),
+            kind::STDERR => err.extend_from_slice(&payload),
+            kind::EXIT => {
+                let code = i32::from_le_bytes(payload[..4].try_into().expect("4 bytes"));
+                return (
+                    String::from_utf8_lossy(&out).into_owned(),
+                    String::from_utf8_lossy(&err).into_owned(),
+                    code,
+                );
+            }
+            other => panic!("unexpected frame {other}"),
+        }
+    }
+    panic!("attach stream ended without an exit frame");
+}
+
+#[test]
+fn attach_with_stdin_and_terminal() {
+    use shoal_runtime::process::attach::{kind, write_frame};
+    if !require_root() {
+        return;
+    }
+    let t = TestRuntime::new();
+    // -i: stdin reaches the process, its EOF too; stdout and stderr arrive apart.
+    let mut spec = t.spec(&[
+        "sh",
+        "-c",
+        "read a; echo got $a; cat; echo oops >&2; exit 4",
+    ]);
+    spec.open_stdin = true;
+    let c = t.rt.create(spec).expect("create");
+    let (_, mut s) = t.rt.start_attached(&c.id).expect("start attached");
+    write_frame(&mut s, kind::STDIN, b"one\nrest of it\n").expect("stdin");
+    write_frame(&mut s, kind::STDIN_CLOSE, b"").expect("close");
+    let (out, err, code) = collect_attach(&mut s);
+    assert_eq!(
+        (out.as_str(), err.as_str(), code),
+        ("got one\nrest of it\n", "oops\n", 4)
+    );
+
+    // -t: a terminal, resizable; output also lands in the log.
+    let mut spec = t.spec(&["sh", "-c", "[ -t 0 ] && echo is-a-tty; read x; stty size"]);
+    spec.open_stdin = true;
+    spec.tty = true;
+    let c = t.rt.create(spec).expect("create");
+    let (_, mut s) = t.rt.start_attached(&c.id).expect("start attached");
+    let mut size = Vec::new();
+    size.extend_from_slice(&33u16.to_le_bytes());
+    size.extend_from_slice(&101u16.to_le_bytes());
+    write_frame(&mut s, kind::RESIZE, &size).expect("resize");
+    write_frame(&mut s, kind::STDIN, b"go\n").expect("stdin");
+    let (out, _, code) = collect_attach(&mut s);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("is-a-tty"), "{out:?}");
+    assert!(out.contains("33 101"), "{out:?}");
+    let logs =
+        t.rt.logs(&c.id)
+            .expect("logs")
+            .read_all(None)
+            .expect("read");
+    assert!(logs.iter().any(|r| r.log.contains("33 101")));
+
+    // Attaching later to a running container sees its output from then on.
+    let c =
+        t.rt.create(t.spec(&["sh", "-c", "sleep 0.5; echo late; exit 2"]))
+            .expect("create");
+    t.rt.start(&c.id).expect("start");
+    let mut s = t.rt.attach(&c.id).expect("attach");
+    let (out, _, code) = collect_attach(&mut s);
+    assert_eq!((out.as_str(), code), ("late\n", 2));
+    assert!(t.rt.attach(&c.id).is_err(), "attach to an exited container");
+}

@@ -2,6 +2,7 @@
 
 use std::io::Read;
 use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
@@ -17,9 +18,41 @@ impl Runtime {
     /// 125/126/127). Starting a running container is a no-op; starting an exited one runs it
     /// again with the same upper directory, as `docker start` does.
     pub fn start(&self, id: &str) -> Result<Container> {
+        self.start_with(id, false).map(|(c, _)| c)
+    }
+
+    /// As [`Runtime::start`], attached from the first byte: the supervisor holds the process
+    /// back until this connection is in place, so no output is missed and stdin (with `-i`)
+    /// is live from the start. Speaks [`crate::process::attach`]'s frames.
+    pub fn start_attached(&self, id: &str) -> Result<(Container, UnixStream)> {
+        let (c, stream) = self.start_with(id, true)?;
+        match stream {
+            Some(s) => Ok((c, s)),
+            None => Err(ContainerError::StartFailed {
+                code: 125,
+                message: "container is already running".into(),
+            }),
+        }
+    }
+
+    /// Attaches to a running container's stdio (output from now on, stdin with `-i`).
+    pub fn attach(&self, id: &str) -> Result<UnixStream> {
+        let c = self.lookup(id)?;
+        if c.state.status != Status::Running {
+            return Err(ContainerError::NotRunning(c.id));
+        }
+        let dir = self.container_dir(&c.id);
+        crate::process::attach::connect(&dir).map_err(|source| ContainerError::Io {
+            op: "attach to",
+            path: dir.join(crate::process::attach::ATTACH_SOCKET),
+            source,
+        })
+    }
+
+    fn start_with(&self, id: &str, attach: bool) -> Result<(Container, Option<UnixStream>)> {
         let c = self.lookup(id)?;
         if c.state.status == Status::Running {
-            return Ok(c);
+            return Ok((c, None));
         }
         let dir = self.container_dir(&c.id);
         for f in [files::STATE, files::EXIT] {
@@ -42,9 +75,11 @@ impl Runtime {
             })?;
         let write_fd = write.as_raw_fd();
         let mut cmd = Command::new(&self.cfg.shim);
-        cmd.arg("run")
-            .arg(&dir)
-            .stdin(Stdio::null())
+        cmd.arg("run").arg(&dir);
+        if attach {
+            cmd.arg("--attach");
+        }
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         // SAFETY: only async-signal-safe calls between fork and exec (setsid, dup2).
@@ -65,8 +100,14 @@ impl Runtime {
             source,
         })?;
         drop(write);
-        // The first shim process exits as soon as it has forked the real supervisor.
+        // The first shim process exits as soon as it has forked the real supervisor, with
+        // the attach socket bound.
         let _ = child.wait();
+        let stream = if attach {
+            crate::process::attach::connect(&dir).ok()
+        } else {
+            None
+        };
         let mut report = Vec::new();
         let mut f = std::fs::File::from(read);
         f.read_to_end(&mut report)
@@ -76,7 +117,7 @@ impl Runtime {
                 source,
             })?;
         match serde_json::from_slice::<StartReport>(&report) {
-            Ok(StartReport::Started { .. }) => self.load(&c.id),
+            Ok(StartReport::Started { .. }) => Ok((self.load(&c.id)?, stream)),
             Ok(StartReport::Failed { code, message }) => {
                 Err(ContainerError::StartFailed { code, message })
             }

@@ -34,6 +34,8 @@ pub struct InitFds {
     pub error: OwnedFd,
     /// The process's stdin, stdout and stderr.
     pub stdio: [OwnedFd; 3],
+    /// stdio is a terminal: become a session leader with it as the controlling terminal.
+    pub tty: bool,
 }
 
 /// Files the runtime generated for /etc, bind-mounted over the image's.
@@ -73,8 +75,13 @@ pub fn run(
     program: &seccomp::SeccompProgram,
 ) -> isize {
     // The error pipe must outlive the setup steps, which consume the other fds.
-    let InitFds { sync, error, stdio } = fds;
-    let failure = match setup_and_exec(spec, sync, stdio, etc, program) {
+    let InitFds {
+        sync,
+        error,
+        stdio,
+        tty,
+    } = fds;
+    let failure = match setup_and_exec(spec, sync, stdio, tty, etc, program) {
         Ok(never) => match never {},
         Err(f) => f,
     };
@@ -97,6 +104,7 @@ fn setup_and_exec(
     spec: &RunSpec,
     sync: OwnedFd,
     stdio: [OwnedFd; 3],
+    tty: bool,
     etc: &EtcFiles,
     program: &seccomp::SeccompProgram,
 ) -> Result<Never, Failure> {
@@ -139,6 +147,16 @@ fn setup_and_exec(
 
     install_stdio(&stdio)?;
     drop(stdio);
+    if tty {
+        nix::unistd::setsid().map_err(|e| runtime_err(format!("setsid: {e}")))?;
+        // SAFETY: TIOCSCTTY on fd 0, our terminal's slave end, with no pointer argument.
+        if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } < 0 {
+            return Err(runtime_err(format!(
+                "set controlling terminal: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+    }
 
     exec_process(&spec.process, program)
 }

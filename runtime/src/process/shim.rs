@@ -16,6 +16,8 @@ use std::ffi::OsString;
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -26,6 +28,7 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, pipe2, ForkResult, Pid};
 use serde::{Deserialize, Serialize};
 
+use super::attach::{kind, write_frame, FrameBuffer, ATTACH_SOCKET};
 use super::init::{self, EtcFiles, InitFds};
 use crate::cgroups::{ContainerCgroup, Limits};
 use crate::container::state::{files, proc_start_time, read_json, write_json, ExitFile, StateFile};
@@ -66,7 +69,7 @@ pub enum StartReport {
 pub fn main(args: Vec<OsString>) -> i32 {
     let arg = |i: usize| args.get(i).and_then(|a| a.to_str());
     match (arg(1), arg(2)) {
-        (Some("run"), Some(dir)) => run(Path::new(dir)),
+        (Some("run"), Some(dir)) => run(Path::new(dir), arg(3) == Some("--attach")),
         (Some("exec"), Some(dir)) => match arg(3) {
             Some(process) => exec(Path::new(dir), process),
             None => usage(),
@@ -76,11 +79,11 @@ pub fn main(args: Vec<OsString>) -> i32 {
 }
 
 fn usage() -> i32 {
-    eprintln!("usage: shoal-shim run DIR | shoal-shim exec DIR PROCESS_JSON");
+    eprintln!("usage: shoal-shim run DIR [--attach] | shoal-shim exec DIR PROCESS_JSON");
     2
 }
 
-fn run(dir: &Path) -> i32 {
+fn run(dir: &Path, attach_first: bool) -> i32 {
     // SAFETY: the runtime passes the report pipe as fd 3; nothing else in this process owns it.
     let report = unsafe { OwnedFd::from_raw_fd(REPORT_FD) };
     // The container's init must not inherit it: EOF on it tells the runtime we are done.
@@ -96,6 +99,13 @@ fn run(dir: &Path) -> i32 {
         Err(e) => return fail_start(&mut report, dir, 125, e.to_string()),
     };
 
+    // Bound before we detach, so the runtime can connect as soon as our parent has exited
+    // (the connection waits in the backlog until we accept it).
+    let listener = match bind_attach(dir) {
+        Ok(l) => l,
+        Err(e) => return fail_start(&mut report, dir, 125, format!("attach socket: {e}")),
+    };
+
     // Detach: the runtime reaps our parent at once; we are re-parented and outlive it.
     // SAFETY: single-threaded here; the child only continues this function.
     match unsafe { fork() } {
@@ -103,7 +113,42 @@ fn run(dir: &Path) -> i32 {
         Ok(ForkResult::Child) => {}
         Err(e) => return fail_start(&mut report, dir, 125, format!("fork supervisor: {e}")),
     }
-    supervise(dir, &spec, report)
+    let first = if attach_first {
+        accept_first(&listener)
+    } else {
+        None
+    };
+    supervise(dir, &spec, report, Io { listener, first })
+}
+
+/// How long a `--attach` start waits for the runtime's connection before going on without.
+const ATTACH_WAIT: Duration = Duration::from_secs(10);
+
+fn bind_attach(dir: &Path) -> std::io::Result<UnixListener> {
+    // Unix socket paths are limited to 108 bytes: bind relative to the directory (we are
+    // single-threaded, so changing directory is safe here).
+    std::env::set_current_dir(dir)?;
+    let _ = std::fs::remove_file(ATTACH_SOCKET);
+    let listener = UnixListener::bind(ATTACH_SOCKET)?;
+    std::fs::set_permissions(ATTACH_SOCKET, std::fs::Permissions::from_mode(0o600))?;
+    std::env::set_current_dir("/")?;
+    Ok(listener)
+}
+
+fn accept_first(listener: &UnixListener) -> Option<UnixStream> {
+    let mut fds = [PollFd::new(listener.as_fd(), PollFlags::POLLIN)];
+    let ms = ATTACH_WAIT.as_millis() as u16;
+    match poll(&mut fds, PollTimeout::from(ms)) {
+        Ok(n) if n > 0 => listener.accept().ok().map(|(s, _)| s),
+        _ => None,
+    }
+}
+
+/// The supervisor's side of the attach socket.
+struct Io {
+    listener: UnixListener,
+    /// The client of a `--attach` start, connected before the process starts.
+    first: Option<UnixStream>,
 }
 
 /// Writes a failed start to the report pipe and to `exit.json`; returns the shim's exit code.
@@ -156,7 +201,7 @@ fn etc_files(dir: &Path, spec: &RunSpec) -> std::io::Result<EtcFiles> {
     Ok(etc)
 }
 
-fn supervise(dir: &Path, spec: &RunSpec, mut report: File) -> i32 {
+fn supervise(dir: &Path, spec: &RunSpec, mut report: File, io: Io) -> i32 {
     let limits = Limits {
         memory: spec.memory,
         nano_cpus: spec.nano_cpus,
@@ -189,8 +234,7 @@ fn supervise(dir: &Path, spec: &RunSpec, mut report: File) -> i32 {
                 },
             );
             drop(report);
-            let exit = watch(dir, spec, started, &cgroup);
-            let _ = write_json(dir, files::EXIT, &exit);
+            let _exit = watch(dir, spec, started, &cgroup, io);
             if let Err(e) = cgroup.remove() {
                 tracing::warn!(?e, "remove cgroup");
             }
@@ -205,8 +249,58 @@ fn supervise(dir: &Path, spec: &RunSpec, mut report: File) -> i32 {
 
 struct Started {
     pid: Pid,
-    stdout: OwnedFd,
-    stderr: OwnedFd,
+    /// Output streams: stdout and stderr pipes, or the terminal's master alone.
+    outputs: Vec<(Stream, OwnedFd)>,
+    /// Where stdin bytes go: the stdin pipe or the terminal's master; `None` without `-i`.
+    stdin: Option<OwnedFd>,
+    /// The terminal's master, for resizes.
+    tty: Option<OwnedFd>,
+}
+
+/// The container's stdio: the init's ends and the supervisor's ends.
+struct Stdio {
+    child: [OwnedFd; 3],
+    outputs: Vec<(Stream, OwnedFd)>,
+    stdin: Option<OwnedFd>,
+    tty: Option<OwnedFd>,
+}
+
+fn stdio(spec: &RunSpec) -> std::io::Result<Stdio> {
+    let open_stdin = spec.process.open_stdin;
+    if spec.process.tty {
+        let pty = nix::pty::openpty(None, None)?;
+        nix::fcntl::fcntl(
+            &pty.master,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )?;
+        let slave = pty.slave;
+        let child = [slave.try_clone()?, slave.try_clone()?, slave];
+        let stdin = if open_stdin {
+            Some(pty.master.try_clone()?)
+        } else {
+            None
+        };
+        return Ok(Stdio {
+            child,
+            outputs: vec![(Stream::Stdout, pty.master.try_clone()?)],
+            stdin,
+            tty: Some(pty.master),
+        });
+    }
+    let out = pipe()?;
+    let err = pipe()?;
+    let (child_stdin, stdin) = if open_stdin {
+        let p = pipe()?;
+        (p.read, Some(p.write))
+    } else {
+        (OwnedFd::from(File::open("/dev/null")?), None)
+    };
+    Ok(Stdio {
+        child: [child_stdin, out.write, err.write],
+        outputs: vec![(Stream::Stdout, out.read), (Stream::Stderr, err.read)],
+        stdin,
+        tty: None,
+    })
 }
 
 /// Clones the init, places it in the cgroup, lets it go and waits until it has exec'd.
@@ -214,13 +308,9 @@ fn start(dir: &Path, spec: &RunSpec, cgroup: &ContainerCgroup) -> Result<Started
     let internal = |what: &str, e: &dyn std::fmt::Display| (125, format!("{what}: {e}"));
     let program = seccomp::default_program().map_err(|e| internal("seccomp", &e))?;
     let etc = etc_files(dir, spec).map_err(|e| internal("write /etc files", &e))?;
-    let out = pipe().map_err(|e| internal("pipe", &e))?;
-    let err = pipe().map_err(|e| internal("pipe", &e))?;
+    let stdio = stdio(spec).map_err(|e| internal("set up stdio", &e))?;
     let sync = pipe().map_err(|e| internal("pipe", &e))?;
     let errpipe = pipe().map_err(|e| internal("pipe", &e))?;
-    let stdin: OwnedFd = File::open("/dev/null")
-        .map_err(|e| internal("open /dev/null", &e))?
-        .into();
 
     let mut flags = CloneFlags::CLONE_NEWPID
         | CloneFlags::CLONE_NEWNS
@@ -232,7 +322,8 @@ fn start(dir: &Path, spec: &RunSpec, cgroup: &ContainerCgroup) -> Result<Started
     let mut child_fds = Some(InitFds {
         sync: sync.read,
         error: errpipe.write,
-        stdio: [stdin, out.write, err.write],
+        stdio: stdio.child,
+        tty: spec.process.tty,
     });
     let mut stack = vec![0u8; INIT_STACK_SIZE];
     let cb = Box::new(|| match child_fds.take() {
@@ -275,8 +366,9 @@ fn start(dir: &Path, spec: &RunSpec, cgroup: &ContainerCgroup) -> Result<Started
     }
     Ok(Started {
         pid,
-        stdout: out.read,
-        stderr: err.read,
+        outputs: stdio.outputs,
+        stdin: stdio.stdin,
+        tty: stdio.tty,
     })
 }
 
@@ -290,8 +382,47 @@ fn pidfd_open(pid: Pid) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
 }
 
-/// Copies output into the log until the process has exited and its pipes are drained.
-fn watch(dir: &Path, spec: &RunSpec, started: Started, cgroup: &ContainerCgroup) -> ExitFile {
+/// An attached client: output goes to it as frames, its frames feed stdin.
+struct Client {
+    stream: UnixStream,
+    frames: FrameBuffer,
+}
+
+/// A client that cannot take output for this long is dropped, so that one stuck client
+/// never stalls the container (its output is in the log anyway).
+const CLIENT_WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Stdin bytes waiting for the process to read them; past this we stop reading clients.
+const STDIN_BACKLOG: usize = 1 << 20;
+
+impl Client {
+    fn new(stream: UnixStream) -> Client {
+        let _ = stream.set_write_timeout(Some(CLIENT_WRITE_TIMEOUT));
+        Client {
+            stream,
+            frames: FrameBuffer::default(),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Tag {
+    Output(usize),
+    Pid,
+    Listener,
+    Client(usize),
+    Stdin,
+}
+
+/// The supervisor's event loop: copies output into the log and to attached clients, feeds
+/// stdin from clients, until the process has exited and its output is drained.
+fn watch(
+    dir: &Path,
+    spec: &RunSpec,
+    started: Started,
+    cgroup: &ContainerCgroup,
+    io: Io,
+) -> ExitFile {
     let mut log = match LogWriter::open(dir, spec.log_max_size) {
         Ok(l) => Some(l),
         Err(e) => {
@@ -300,40 +431,61 @@ fn watch(dir: &Path, spec: &RunSpec, started: Started, cgroup: &ContainerCgroup)
         }
     };
     let pidfd = pidfd_open(started.pid).ok();
-    let mut streams: Vec<(Stream, Option<OwnedFd>)> = vec![
-        (Stream::Stdout, Some(started.stdout)),
-        (Stream::Stderr, Some(started.stderr)),
-    ];
+    let mut outputs: Vec<(Stream, Option<OwnedFd>)> = started
+        .outputs
+        .into_iter()
+        .map(|(s, f)| (s, Some(f)))
+        .collect();
+    let mut stdin = started.stdin;
+    if let Some(fd) = &stdin {
+        let _ = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(OFlag::O_NONBLOCK));
+    }
+    let mut pending: Vec<u8> = Vec::new();
+    let mut close_stdin = false;
+    let tty = started.tty;
+    let listener = io.listener;
+    let _ = listener.set_nonblocking(true);
+    let mut clients: Vec<Client> = io.first.into_iter().map(Client::new).collect();
     let mut status: Option<i32> = None;
     let mut drain_deadline: Option<Instant> = None;
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        let open: Vec<usize> = (0..streams.len())
-            .filter(|i| streams[*i].1.is_some())
-            .collect();
-        if status.is_some() && open.is_empty() {
+        if status.is_some() && outputs.iter().all(|(_, fd)| fd.is_none()) {
             break;
         }
-        if let Some(deadline) = drain_deadline {
-            if Instant::now() >= deadline {
-                break;
+        if drain_deadline.is_some_and(|d| Instant::now() >= d) {
+            break;
+        }
+        let mut tags = Vec::new();
+        let mut fds = Vec::new();
+        for (i, (_, fd)) in outputs.iter().enumerate() {
+            if let Some(fd) = fd {
+                tags.push(Tag::Output(i));
+                fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLIN));
             }
         }
-        let mut fds: Vec<PollFd> = open
-            .iter()
-            .filter_map(|i| streams[*i].1.as_ref())
-            .map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLIN))
-            .collect();
-        let watch_pid = status.is_none() && pidfd.is_some();
-        if watch_pid {
-            if let Some(p) = pidfd.as_ref() {
+        if status.is_none() {
+            if let Some(p) = &pidfd {
+                tags.push(Tag::Pid);
                 fds.push(PollFd::new(p.as_fd(), PollFlags::POLLIN));
             }
         }
-        let timeout = if status.is_some() {
-            PollTimeout::from(100u16)
-        } else if pidfd.is_none() {
-            // No pidfd (very old kernel): poll for the exit every 100 ms.
+        tags.push(Tag::Listener);
+        fds.push(PollFd::new(listener.as_fd(), PollFlags::POLLIN));
+        if pending.len() < STDIN_BACKLOG {
+            for (i, c) in clients.iter().enumerate() {
+                tags.push(Tag::Client(i));
+                fds.push(PollFd::new(c.stream.as_fd(), PollFlags::POLLIN));
+            }
+        }
+        if !pending.is_empty() {
+            if let Some(fd) = &stdin {
+                tags.push(Tag::Stdin);
+                fds.push(PollFd::new(fd.as_fd(), PollFlags::POLLOUT));
+            }
+        }
+        // Without a pidfd (very old kernels) or while draining, look again every 100 ms.
+        let timeout = if status.is_some() || pidfd.is_none() {
             PollTimeout::from(100u16)
         } else {
             PollTimeout::NONE
@@ -345,30 +497,94 @@ fn watch(dir: &Path, spec: &RunSpec, started: Started, cgroup: &ContainerCgroup)
                 break;
             }
         }
-        let ready: Vec<bool> = fds
+        let ready: Vec<Tag> = fds
             .iter()
-            .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+            .zip(&tags)
+            .filter(|(f, _)| f.revents().is_some_and(|r| !r.is_empty()))
+            .map(|(_, t)| *t)
             .collect();
         drop(fds);
-        for (slot, idx) in open.iter().enumerate() {
-            if !ready[slot] {
-                continue;
-            }
-            let (stream, fd) = &mut streams[*idx];
-            let Some(f) = fd.as_ref() else { continue };
-            match nix::unistd::read(f, &mut buf) {
-                Ok(0) => *fd = None,
-                Ok(n) => {
-                    if let Some(l) = log.as_mut() {
-                        if let Err(e) = l.write(*stream, &buf[..n]) {
-                            tracing::warn!(?e, "write log");
+        let mut dead = vec![false; clients.len()];
+        for tag in ready {
+            match tag {
+                Tag::Output(i) => {
+                    let (stream, fd) = &mut outputs[i];
+                    let Some(f) = fd.as_ref() else { continue };
+                    match nix::unistd::read(f, &mut buf) {
+                        // EIO: a terminal whose last slave end closed.
+                        Ok(0) | Err(nix::Error::EIO) => *fd = None,
+                        Ok(n) => {
+                            if let Some(l) = log.as_mut() {
+                                if let Err(e) = l.write(*stream, &buf[..n]) {
+                                    tracing::warn!(?e, "write log");
+                                }
+                            }
+                            let k = match stream {
+                                Stream::Stdout => kind::STDOUT,
+                                Stream::Stderr => kind::STDERR,
+                            };
+                            for (c, d) in clients.iter_mut().zip(dead.iter_mut()) {
+                                if write_frame(&mut c.stream, k, &buf[..n]).is_err() {
+                                    *d = true;
+                                }
+                            }
+                        }
+                        Err(nix::Error::EINTR | nix::Error::EAGAIN) => {}
+                        Err(_) => *fd = None,
+                    }
+                }
+                Tag::Pid => {}
+                Tag::Listener => {
+                    if let Ok((stream, _)) = listener.accept() {
+                        let _ = stream.set_nonblocking(false);
+                        clients.push(Client::new(stream));
+                        dead.push(false);
+                    }
+                }
+                Tag::Client(i) => {
+                    let c = &mut clients[i];
+                    match nix::unistd::read(c.stream.as_fd(), &mut buf) {
+                        Ok(0) | Err(_) => dead[i] = true,
+                        Ok(n) => match c.frames.push(&buf[..n]) {
+                            Ok(frames) => {
+                                for (k, payload) in frames {
+                                    match k {
+                                        kind::STDIN => pending.extend_from_slice(&payload),
+                                        kind::STDIN_CLOSE => close_stdin = true,
+                                        kind::RESIZE => resize(tty.as_ref(), &payload),
+                                        _ => {}
+                                    }
+                                }
+                            }
+                            Err(_) => dead[i] = true,
+                        },
+                    }
+                }
+                Tag::Stdin => {
+                    if let Some(fd) = &stdin {
+                        match nix::unistd::write(fd, &pending) {
+                            Ok(n) => {
+                                pending.drain(..n);
+                            }
+                            Err(nix::Error::EAGAIN | nix::Error::EINTR) => {}
+                            Err(_) => {
+                                // The process closed its stdin: nothing more can go in.
+                                pending.clear();
+                                stdin = None;
+                            }
                         }
                     }
                 }
-                Err(nix::Error::EINTR | nix::Error::EAGAIN) => {}
-                Err(_) => *fd = None,
             }
         }
+        if close_stdin && pending.is_empty() && tty.is_none() {
+            stdin = None;
+        }
+        let mut i = 0;
+        clients.retain(|_| {
+            i += 1;
+            !dead[i - 1]
+        });
         if status.is_none() {
             match waitpid(started.pid, Some(nix::sys::wait::WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::Exited(_, code)) => status = Some(code),
@@ -381,13 +597,34 @@ fn watch(dir: &Path, spec: &RunSpec, started: Started, cgroup: &ContainerCgroup)
             }
         }
     }
-    let oom = cgroup.oom_killed();
-    ExitFile {
+    let exit = ExitFile {
         exit_code: status.unwrap_or(255),
-        oom_killed: oom,
+        oom_killed: cgroup.oom_killed(),
         finished_at: now(),
         error: String::new(),
+    };
+    // Recorded before clients hear of it, so that whoever reacts to the exit frame (e.g. a
+    // `--rm`) finds the exit on disk.
+    let _ = write_json(dir, files::EXIT, &exit);
+    for c in &mut clients {
+        let _ = write_frame(&mut c.stream, kind::EXIT, &exit.exit_code.to_le_bytes());
     }
+    let _ = std::fs::remove_file(dir.join(ATTACH_SOCKET));
+    exit
+}
+
+fn resize(tty: Option<&OwnedFd>, payload: &[u8]) {
+    let (Some(fd), [r0, r1, c0, c1]) = (tty, payload) else {
+        return;
+    };
+    let ws = libc::winsize {
+        ws_row: u16::from_le_bytes([*r0, *r1]),
+        ws_col: u16::from_le_bytes([*c0, *c1]),
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a winsize struct that lives for the duration of the call.
+    unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(fd), libc::TIOCSWINSZ, &ws) };
 }
 
 /// `shoal-shim exec DIR PROCESS_JSON`: joins the running container and runs the process.

@@ -1,1 +1,28 @@
-//! shoal gRPC API (to be written).
+//! shoal's gRPC API: the generated messages, clients and servers of the `.proto` files under
+//! `proto/`, and the few wire conventions that are not expressible in protobuf.
+//!
+//! It knows nothing of the runtime: conversions between these messages and the runtime's
+//! types live next to the daemon (`shoal-cli`'s `daemon::convert`), so that clients of the
+//! API do not compile the runtime.
+#![warn(missing_docs)]
+
+/// The node-local API (`shoal.node.v1`): the `System`, `Images` and `Containers` services
+/// a `shoald` serves on its Unix socket.
+pub mod node {
+    /// Version 1 of the node API.
+    pub mod v1 {
+        #![allow(missing_docs)]
+        #![allow(clippy::all)]
+        tonic::include_proto!("shoal.node.v1");
+    }
+}
+
+/// Metadata key of a failed `Containers.Start` or `Containers.Attach`: the exit code Docker's
+/// CLI would exit with (125 for a setup failure, 126 for a command that cannot be executed,
+/// 127 for one that does not exist). Carried as metadata rather than parsed from the message,
+/// so that clients never match strings.
+pub const EXIT_CODE_METADATA: &str = "shoal-exit-code";
+
+/// Size of the chunks in which byte streams (image archives, exec stdin) are sent: well under
+/// tonic's default 4 MiB message limit, large enough that per-message overhead is negligible.
+pub const CHUNK_SIZE: usize = 256 * 1024;

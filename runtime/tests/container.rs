@@ -577,3 +577,24 @@ fn attach_with_stdin_and_terminal() {
     assert_eq!((out.as_str(), code), ("late\n", 2));
     assert!(t.rt.attach(&c.id).is_err(), "attach to an exited container");
 }
+
+#[test]
+fn no_inherited_file_descriptors() {
+    if !require_root() {
+        return;
+    }
+    // Leak an fd without close-on-exec into the supervisor's environment.
+    let leak = std::fs::File::open("/dev/null").expect("open");
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&leak);
+    // SAFETY: clearing FD_CLOEXEC on an fd we own.
+    unsafe { libc::fcntl(raw, libc::F_SETFD, 0) };
+    let t = TestRuntime::new();
+    let (code, out) = t.sh("ls /proc/self/fd | sort -n | tr '\\n' ' '");
+    assert_eq!(code, 0);
+    assert_eq!(
+        out.trim(),
+        "0 1 2 3",
+        "ls itself holds fd 3 for the directory: {out}"
+    );
+    drop(leak);
+}

@@ -189,6 +189,23 @@ pub(crate) fn exec_process(
     })?;
     nix::sys::prctl::set_no_new_privs().map_err(|e| runtime_err(format!("no_new_privs: {e}")))?;
 
+    // Whatever the supervisor inherited (a daemon's sockets, a terminal's fds…) must not
+    // reach the container: mark every fd above stdio close-on-exec. The error pipe already is.
+    // SAFETY: plain syscall on our own fd table.
+    if unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    } < 0
+    {
+        return Err(runtime_err(format!(
+            "close_range: {}",
+            std::io::Error::last_os_error()
+        )));
+    }
     let argv = cstrings(&process.args)?;
     let envp = cstrings(&process.env)?;
     let cpath = CString::new(path.as_os_str().as_encoded_bytes()).map_err(runtime_err)?;

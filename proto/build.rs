@@ -1,0 +1,26 @@
+//! Generates the Rust code of `proto/shoal/**/*.proto` without a system `protoc`: `protox`
+//! parses the files into a descriptor set and `tonic-prost-build` turns that into messages,
+//! clients and servers.
+
+use std::path::{Path, PathBuf};
+
+/// The `.proto` files, relative to the include root `proto/`.
+const PROTOS: &[&str] = &[
+    "shoal/node/v1/system.proto",
+    "shoal/node/v1/images.proto",
+    "shoal/node/v1/containers.proto",
+];
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("proto");
+    let files: Vec<PathBuf> = PROTOS.iter().map(|p| root.join(p)).collect();
+    for file in &files {
+        println!("cargo:rerun-if-changed={}", file.display());
+    }
+    let fds = protox::compile(&files, [Path::new(&root)])?;
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .compile_fds(fds)?;
+    Ok(())
+}

@@ -598,3 +598,117 @@ fn no_inherited_file_descriptors() {
     );
     drop(leak);
 }
+
+#[test]
+fn image_symlinks_cannot_reach_the_host() {
+    if !require_root() {
+        return;
+    }
+    let t = TestRuntime::new();
+    let escape = std::env::temp_dir().join(format!("shoal-escape-{}", std::process::id()));
+    let target = format!("{}/proc", escape.display());
+    let tar = t.dir.path().join("links.tar");
+    // /proc points at an absolute host path that does not exist: a naive host-side setup
+    // would create it (mkdir -p) on the host and mount proc there.
+    common::busybox_rootfs_tar_with_links(&tar, &[("proc", target.as_str())]);
+    t.rt.images()
+        .import(&mut std::fs::File::open(&tar).expect("tar"), "links:test")
+        .expect("import");
+    let spec = ContainerSpec {
+        image: "links:test".into(),
+        cmd: vec!["sh".into(), "-c".into(), "ls /proc/self/status".into()],
+        ..Default::default()
+    };
+    let (code, out, _) = t.run(spec);
+    assert!(
+        !escape.exists(),
+        "container setup created {} on the host",
+        escape.display()
+    );
+    assert_eq!((code, out.as_str()), (0, "/proc/self/status\n"));
+
+    // A /dev that points at `/` is refused instead of mounting over the whole root.
+    let tar = t.dir.path().join("devroot.tar");
+    common::busybox_rootfs_tar_with_links(&tar, &[("dev", "/")]);
+    t.rt.images()
+        .import(&mut std::fs::File::open(&tar).expect("tar"), "devroot:test")
+        .expect("import");
+    let (code, msg, _) = t.run(ContainerSpec {
+        image: "devroot:test".into(),
+        cmd: vec!["true".into()],
+        ..Default::default()
+    });
+    assert_eq!(code, 125, "{msg}");
+    assert!(msg.contains("container root"), "{msg}");
+}
+
+#[test]
+fn concurrent_starts_run_one_process() {
+    if !require_root() {
+        return;
+    }
+    let t = TestRuntime::new();
+    let c = t.rt.create(t.spec(&["sleep", "1000"])).expect("create");
+    let pids: Vec<i32> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..4)
+            .map(|_| s.spawn(|| t.rt.start(&c.id).expect("start").state.pid))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("join"))
+            .collect()
+    });
+    assert!(
+        pids.iter().all(|p| *p == pids[0]),
+        "several processes started: {pids:?}"
+    );
+    let supervisors = std::fs::read_dir("/proc")
+        .expect("proc")
+        .filter_map(|e| e.ok())
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .filter(|cmd| {
+            let cmd = String::from_utf8_lossy(cmd);
+            cmd.contains("shoal-shim") && cmd.contains(c.id.as_str())
+        })
+        .count();
+    assert_eq!(supervisors, 1);
+    // A remove racing a start either removes the started container or is refused; it
+    // never leaves a running process without a container.
+    let c2 = t.rt.create(t.spec(&["sleep", "1000"])).expect("create");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let _ = t.rt.start(&c2.id);
+        });
+        s.spawn(|| {
+            let _ = t.rt.remove(&c2.id, false);
+        });
+    });
+    match t.rt.lookup(&c2.id) {
+        Ok(c) => assert_eq!(c.state.status, Status::Running),
+        Err(_) => {
+            let orphans = std::fs::read_dir("/proc")
+                .expect("proc")
+                .filter_map(|e| e.ok())
+                .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+                .filter(|cmd| String::from_utf8_lossy(cmd).contains(c2.id.as_str()))
+                .count();
+            assert_eq!(orphans, 0, "a removed container's process lives on");
+        }
+    }
+}
+
+#[test]
+fn signals_start_at_their_defaults() {
+    if !require_root() {
+        return;
+    }
+    let t = TestRuntime::new();
+    // No signal ignored or blocked: a pipeline writer dies of SIGPIPE, as under a shell.
+    // Asked of grep directly: a shell would set its own dispositions for its children.
+    let (code, out, _) = t.run(t.spec(&["grep", "-E", "^Sig(Ign|Blk):", "/proc/self/status"]));
+    assert_eq!(code, 0);
+    assert_eq!(
+        out,
+        "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n"
+    );
+}

@@ -21,7 +21,31 @@ impl Runtime {
             source,
         })?;
         let images = ImageStore::open(&cfg.root.join("image"))?;
-        Ok(Runtime { cfg, images })
+        let rt = Runtime { cfg, images };
+        rt.sweep_partial()?;
+        Ok(rt)
+    }
+
+    /// Removes directories a crash left half-created or half-removed (no `container.json`):
+    /// `create` writes that file last and `remove` deletes it first, under the same lock.
+    fn sweep_partial(&self) -> Result<()> {
+        let _lock = self.lock_containers()?;
+        let dir = self.cfg.root.join("containers");
+        let entries = fs::read_dir(&dir).map_err(|source| ContainerError::Io {
+            op: "read",
+            path: dir.clone(),
+            source,
+        })?;
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.is_dir() && !path.join(super::state::files::CONTAINER).exists() {
+                tracing::info!(path = %path.display(), "removing partial container directory");
+                if let Err(err) = fs::remove_dir_all(&path) {
+                    tracing::warn!(path = %path.display(), %err, "remove partial container");
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The node's image store.
@@ -228,8 +252,13 @@ fn resolve_process(
             crate::container::user::home(uid, layers).unwrap_or_else(|| "/".into())
         ));
     }
-    let capabilities = caps::resolve(&spec.cap_add, &spec.cap_drop)
+    let mut capabilities = caps::resolve(&spec.cap_add, &spec.cap_drop)
         .map_err(|e| ContainerError::InvalidSpec(e.to_string()))?;
+    if !crate::cgroups::device_control_available() {
+        // Without a devices cgroup (cgroup v2 needs a BPF program we do not load yet) the
+        // only guard against mknod of a host disk is not being allowed to mknod at all.
+        capabilities.retain(|c| c != "CAP_MKNOD");
+    }
     let cwd = spec
         .workdir
         .clone()

@@ -18,6 +18,19 @@ impl Runtime {
             }
             self.stop(&c.id, Duration::ZERO)?;
         }
+        let _guard = self.lock_container(&c.id)?;
+        // Looked at again under the lock: another remove may have won, a start may have run.
+        let c = match self.load(&c.id) {
+            Ok(c) => c,
+            Err(ContainerError::NotFound(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        if c.state.status == Status::Running {
+            if !force {
+                return Err(ContainerError::Running(c.id));
+            }
+            self.stop(&c.id, Duration::ZERO)?;
+        }
         let _lock = self.lock_containers()?;
         // The supervisor removes the cgroup when it exits; this covers a supervisor that was
         // itself killed.
@@ -28,11 +41,15 @@ impl Runtime {
         // Drop container.json first: a crash half-way then leaves a directory that is no
         // longer a container rather than a broken container.
         let _ = std::fs::remove_file(dir.join(super::state::files::CONTAINER));
-        std::fs::remove_dir_all(&dir).map_err(|source| ContainerError::Io {
-            op: "remove",
-            path: dir,
-            source,
-        })
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(ContainerError::Io {
+                op: "remove",
+                path: dir,
+                source,
+            }),
+        }
     }
 
     /// `image rm`, refused while any container (running or not) uses the image.

@@ -2,27 +2,58 @@
 
 use std::time::Duration;
 
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use std::os::fd::AsRawFd;
 
+use nix::sys::signal::Signal;
+
+use super::state::{alive, files, read_json, StateFile};
+use super::wait::pidfd_open;
 use super::{ContainerError, Result, Runtime, Status};
+
+/// Linux's highest real-time signal (glibc's SIGRTMAX on x86_64 and aarch64).
+const SIGRTMAX: i32 = 64;
 
 impl Runtime {
     /// Sends `signal` (a number) to the container's process. Refused when not running.
     pub fn kill(&self, id: &str, signal: i32) -> Result<()> {
+        if !(1..=SIGRTMAX).contains(&signal) {
+            return Err(ContainerError::InvalidSpec(format!(
+                "invalid signal: {signal}"
+            )));
+        }
         let c = self.lookup(id)?;
-        if c.state.status != Status::Running || c.state.pid <= 0 {
+        let started: Option<StateFile> = read_json(&self.container_dir(&c.id), files::STATE)?;
+        let (Status::Running, Some(st)) = (c.state.status, started) else {
             return Err(ContainerError::NotRunning(c.id));
+        };
+        // Signal through a pidfd checked against the recorded start time: the supervisor
+        // reaps the process before it records the exit, so its pid may already be reused.
+        let not_running = || ContainerError::NotRunning(c.id.clone());
+        let fd = pidfd_open(st.pid).map_err(|_| not_running())?;
+        if !alive(st.pid, st.pid_start) {
+            return Err(not_running());
         }
-        let sig = Signal::try_from(signal)
-            .map_err(|_| ContainerError::InvalidSpec(format!("invalid signal: {signal}")))?;
-        match kill(Pid::from_raw(c.state.pid), sig) {
-            Ok(()) | Err(nix::Error::ESRCH) => Ok(()),
-            Err(source) => Err(ContainerError::Sys {
-                op: format!("kill {} {sig}", c.state.pid),
-                source,
-            }),
+        // SAFETY: plain syscall on a pidfd we own; no siginfo pointer.
+        let rc = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                fd.as_raw_fd(),
+                signal,
+                std::ptr::null::<libc::siginfo_t>(),
+                0,
+            )
+        };
+        if rc < 0 {
+            let e = nix::Error::last();
+            if e == nix::Error::ESRCH {
+                return Ok(());
+            }
+            return Err(ContainerError::Sys {
+                op: format!("kill {} {signal}", st.pid),
+                source: e,
+            });
         }
+        Ok(())
     }
 
     /// `docker stop`: the image's stop signal (SIGTERM by default), `grace` to exit, then

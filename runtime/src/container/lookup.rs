@@ -34,6 +34,30 @@ impl Runtime {
         })
     }
 
+    /// Serialises the operations that change one container's lifecycle (start, remove), so
+    /// two starts cannot both spawn a supervisor and a remove cannot delete a container that
+    /// is being started. The lock file goes with the directory.
+    pub(crate) fn lock_container(&self, id: &str) -> Result<Flock<File>> {
+        let path = self.container_dir(id).join(".lock");
+        let file = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|source| match source.kind() {
+                std::io::ErrorKind::NotFound => ContainerError::NotFound(id.to_string()),
+                _ => ContainerError::Io {
+                    op: "open",
+                    path: path.clone(),
+                    source,
+                },
+            })?;
+        Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| ContainerError::Sys {
+            op: format!("flock {}", path.display()),
+            source: e,
+        })
+    }
+
     /// Every container id on disk (directories holding a `container.json`).
     fn ids(&self) -> Result<Vec<String>> {
         let dir = self.cfg.root.join("containers");
@@ -61,7 +85,9 @@ impl Runtime {
     pub(crate) fn find_by_name(&self, name: &str) -> Result<Option<String>> {
         for id in self.ids()? {
             let dir = self.container_dir(&id);
-            if let Some(c) = read_json::<Container>(&dir, files::CONTAINER)? {
+            // An unreadable container.json (a crash mid-write) must not hide every other
+            // container: it is skipped here and reported by `list`.
+            if let Ok(Some(c)) = read_json::<Container>(&dir, files::CONTAINER) {
                 if c.name == name {
                     return Ok(Some(id));
                 }
@@ -110,7 +136,9 @@ impl Runtime {
             match self.load(&id) {
                 Ok(c) if all || c.state.status == super::Status::Running => out.push(c),
                 Ok(_) | Err(ContainerError::NotFound(_)) => {}
-                Err(e) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(container = %id, error = %e, "skipping unreadable container")
+                }
             }
         }
         out.sort_by(|a, b| b.created.cmp(&a.created));

@@ -51,6 +51,10 @@ impl Runtime {
 
     fn start_with(&self, id: &str, attach: bool) -> Result<(Container, Option<UnixStream>)> {
         let c = self.lookup(id)?;
+        // Held until the start is reported: a concurrent start waits and then finds it
+        // running, a concurrent remove waits and then finds it running.
+        let _guard = self.lock_container(&c.id)?;
+        let c = self.load(&c.id)?;
         if c.state.status == Status::Running {
             return Ok((c, None));
         }

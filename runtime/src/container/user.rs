@@ -5,14 +5,30 @@ use std::path::PathBuf;
 
 use super::{ContainerError, Result};
 
-/// Reads `rel` (e.g. `etc/passwd`) from the topmost layer that has it.
+/// /etc/passwd and /etc/group larger than this are not read (they are the image's, and the
+/// image may be hostile).
+const MAX_ID_FILE: u64 = 1 << 20;
+
+/// Reads `rel` (e.g. `etc/passwd`) from the topmost layer that has it. The path is resolved
+/// inside the layer (an image's symlink must not make the daemon read a host file) and only
+/// a regular file is read (a FIFO would block, a link to /dev/zero would never end).
 fn read_from_layers(rel: &str, layers: &[PathBuf]) -> Option<String> {
-    layers
-        .iter()
-        .rev()
-        .map(|l| l.join(rel))
-        .find(|p| p.exists())
-        .and_then(|p| std::fs::read_to_string(p).ok())
+    use std::io::Read;
+    let path = layers.iter().rev().find_map(|l| {
+        let p = crate::rootfs::path::secure_join(l, std::path::Path::new(rel)).ok()?;
+        std::fs::symlink_metadata(&p).ok()?;
+        Some(p)
+    })?;
+    if !std::fs::symlink_metadata(&path).ok()?.is_file() {
+        return None;
+    }
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .ok()?
+        .take(MAX_ID_FILE)
+        .read_to_string(&mut text)
+        .ok()?;
+    Some(text)
 }
 
 struct Passwd {

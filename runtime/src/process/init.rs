@@ -119,7 +119,8 @@ fn setup_and_exec(
     rmount::make_private().map_err(runtime_err)?;
     rmount::mount_overlay(spec).map_err(runtime_err)?;
     rmount::mount_pseudo(&spec.rootfs).map_err(runtime_err)?;
-    devices::create(&spec.rootfs.join("dev")).map_err(runtime_err)?;
+    let dev = rmount::inside(&spec.rootfs, "dev").map_err(runtime_err)?;
+    devices::create(&dev).map_err(runtime_err)?;
     rmount::bind_file(&etc.hosts, &spec.rootfs, "etc/hosts").map_err(runtime_err)?;
     rmount::bind_file(&etc.hostname, &spec.rootfs, "etc/hostname").map_err(runtime_err)?;
     rmount::bind_file(&etc.resolv_conf, &spec.rootfs, "etc/resolv.conf").map_err(runtime_err)?;
@@ -206,6 +207,7 @@ pub(crate) fn exec_process(
             std::io::Error::last_os_error()
         )));
     }
+    reset_signals();
     let argv = cstrings(&process.args)?;
     let envp = cstrings(&process.env)?;
     let cpath = CString::new(path.as_os_str().as_encoded_bytes()).map_err(runtime_err)?;
@@ -227,6 +229,55 @@ pub(crate) fn exec_process(
             e.desc().to_lowercase()
         ),
     })
+}
+
+/// Ignored signals survive execve, and whatever started the daemon may have ignored some
+/// (Rust's runtime ignores SIGPIPE in the supervisor itself): start the process with every
+/// signal at its default and none blocked, as Docker's containers do.
+fn reset_signals() {
+    for sig in 1..=64 {
+        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+            continue;
+        }
+        // glibc refuses its two internal signals (32, 33) in sigaction(): use the syscall.
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[repr(C)]
+            struct KernelSigaction {
+                handler: usize,
+                flags: u64,
+                restorer: usize,
+                mask: u64,
+            }
+            let act = KernelSigaction {
+                handler: libc::SIG_DFL,
+                flags: 0,
+                restorer: 0,
+                mask: 0,
+            };
+            // SAFETY: rt_sigaction with a valid kernel sigaction and no old-action pointer.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_rt_sigaction,
+                    sig,
+                    &act as *const KernelSigaction,
+                    std::ptr::null_mut::<KernelSigaction>(),
+                    8usize,
+                )
+            };
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        // SAFETY: setting a default disposition installs no handler.
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
+        }
+    }
+    // SAFETY: replacing our own signal mask with an empty set.
+    unsafe {
+        let mut empty: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+    }
 }
 
 fn install_stdio(stdio: &[OwnedFd; 3]) -> Result<(), Failure> {

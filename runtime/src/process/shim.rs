@@ -235,9 +235,6 @@ fn supervise(dir: &Path, spec: &RunSpec, mut report: File, io: Io) -> i32 {
             );
             drop(report);
             let _exit = watch(dir, spec, started, &cgroup, io);
-            if let Err(e) = cgroup.remove() {
-                tracing::warn!(?e, "remove cgroup");
-            }
             0
         }
         Err((code, message)) => {
@@ -603,13 +600,18 @@ fn watch(
         finished_at: now(),
         error: String::new(),
     };
+    // Tidy up *before* exit.json: once it exists the container counts as exited and may be
+    // started again, and a new supervisor's cgroup and socket must not be ours to remove.
+    let _ = std::fs::remove_file(dir.join(ATTACH_SOCKET));
+    if let Err(e) = cgroup.remove() {
+        tracing::warn!(?e, "remove cgroup");
+    }
     // Recorded before clients hear of it, so that whoever reacts to the exit frame (e.g. a
     // `--rm`) finds the exit on disk.
     let _ = write_json(dir, files::EXIT, &exit);
     for c in &mut clients {
         let _ = write_frame(&mut c.stream, kind::EXIT, &exit.exit_code.to_le_bytes());
     }
-    let _ = std::fs::remove_file(dir.join(ATTACH_SOCKET));
     exit
 }
 

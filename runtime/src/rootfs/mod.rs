@@ -9,6 +9,7 @@
 
 pub mod devices;
 pub mod mount;
+pub mod path;
 pub mod pivot;
 
 use std::path::PathBuf;

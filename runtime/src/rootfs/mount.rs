@@ -3,7 +3,7 @@
 
 use std::fs;
 use std::os::unix::fs::DirBuilderExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, MsFlags};
 
@@ -101,7 +101,16 @@ fn pseudo_mounts() -> [Pseudo; 6] {
 /// mount points in the container's upper layer when the image lacks them.
 pub fn mount_pseudo(rootfs: &Path) -> Result<()> {
     for m in pseudo_mounts() {
-        let target = rootfs.join(m.target);
+        let target = inside(rootfs, m.target)?;
+        if target == rootfs {
+            // An image whose /dev or /proc is a link to `/` would have us mount over the
+            // whole root.
+            return Err(super::RootfsError {
+                op: "refusing to mount over the container root: image link at",
+                path: PathBuf::from("/").join(m.target),
+                source: nix::Error::ELOOP,
+            });
+        }
         ensure_dir(&target)?;
         let data = (!m.data.is_empty()).then_some(m.data);
         mount(Some(m.fstype), &target, Some(m.fstype), m.flags, data)
@@ -113,7 +122,7 @@ pub fn mount_pseudo(rootfs: &Path) -> Result<()> {
 /// Bind-mounts a file the runtime generated (hosts, hostname, resolv.conf) over `target`
 /// inside the rootfs, when the image has an /etc to put it in.
 pub fn bind_file(source: &Path, rootfs: &Path, target: &str) -> Result<()> {
-    let dest = rootfs.join(target);
+    let dest = inside(rootfs, target)?;
     let Some(parent) = dest.parent() else {
         return Ok(());
     };
@@ -147,6 +156,19 @@ pub fn remount_root_readonly() -> Result<()> {
         None::<&str>,
     )
     .map_err(err("remount read-only", "/"))
+}
+
+/// `rel` resolved inside `rootfs` as the container will see it: image symlinks never lead
+/// the host-side setup outside the root (see [`super::path`]).
+pub fn inside(rootfs: &Path, rel: &str) -> Result<PathBuf> {
+    super::path::secure_join(rootfs, Path::new(rel)).map_err(|e| super::RootfsError {
+        op: "resolve in container root",
+        path: PathBuf::from("/").join(rel),
+        source: match e {
+            super::path::SecureJoinError::Loop(_) => nix::Error::ELOOP,
+            super::path::SecureJoinError::ReadLink { .. } => nix::Error::EIO,
+        },
+    })
 }
 
 pub(crate) fn ensure_dir(path: &Path) -> Result<()> {

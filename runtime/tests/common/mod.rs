@@ -28,6 +28,11 @@ pub fn require_root() -> bool {
 
 /// A rootfs tarball made from Debian's busybox-static.
 pub fn busybox_rootfs_tar(out: &Path) {
+    busybox_rootfs_tar_with_links(out, &[]);
+}
+
+/// As [`busybox_rootfs_tar`], with top-level entries replaced by symlinks `(name, target)`.
+pub fn busybox_rootfs_tar_with_links(out: &Path, links: &[(&str, &str)]) {
     let busybox = Path::new("/bin/busybox");
     assert!(
         busybox.exists(),
@@ -55,7 +60,19 @@ pub fn busybox_rootfs_tar(out: &Path) {
         ("root", 0o700),
         ("home", 0o755),
     ] {
-        dir(&mut b, d, mode);
+        if links.iter().all(|(name, _)| *name != d) {
+            dir(&mut b, d, mode);
+        }
+    }
+    for (name, target) in links {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        h.set_mtime(0);
+        h.set_uid(0);
+        h.set_gid(0);
+        b.append_link(&mut h, name, target).expect("link");
     }
     b.append_path_with_name(busybox, "bin/busybox")
         .expect("busybox");

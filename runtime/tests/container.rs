@@ -309,6 +309,11 @@ fn read_only_root_and_network_none() {
     assert_eq!(code, 0, "{out}");
     // /tmp is part of the read-only root (Docker does the same without --tmpfs).
     assert_eq!(out, "ro\ntmp-ro\nlo\n");
+    // Loopback is up, as in Docker's `none` network: a server and a client can talk on it.
+    let (code, out) = t.sh(
+        "nc -l -p 7000 > /tmp/got & sleep 0.2; echo ping | nc 127.0.0.1 7000; sleep 0.2; cat /tmp/got",
+    );
+    assert_eq!((code, out.as_str()), (0, "ping\n"));
 }
 
 #[test]

@@ -116,6 +116,9 @@ fn setup_and_exec(
     }
     drop(sync);
 
+    if spec.network == crate::spec::NetworkMode::None {
+        loopback_up().map_err(|e| runtime_err(format!("bring up lo: {e}")))?;
+    }
     rmount::make_private().map_err(runtime_err)?;
     rmount::mount_overlay(spec).map_err(runtime_err)?;
     rmount::mount_pseudo(&spec.rootfs).map_err(runtime_err)?;
@@ -229,6 +232,35 @@ pub(crate) fn exec_process(
             e.desc().to_lowercase()
         ),
     })
+}
+
+/// A new network namespace has its loopback down; Docker's `none` network has it up.
+/// One SIOCSIFFLAGS ioctl: not worth a netlink dependency until bridge networking needs one.
+fn loopback_up() -> std::io::Result<()> {
+    // SAFETY: a plain datagram socket, owned below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd was just created and is owned by nobody else.
+    let sock = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // SAFETY: ifreq is plain data; all-zero is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS/SIOCSIFFLAGS read and write the ifreq we pass, which outlives
+    // both calls.
+    unsafe {
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Ignored signals survive execve, and whatever started the daemon may have ignored some

@@ -11,7 +11,7 @@ use shoal_runtime::{ContainerSpec, Runtime, RuntimeConfig};
 /// Applets the tests use; each becomes a symlink to /bin/busybox.
 const APPLETS: &[&str] = &[
     "sh", "true", "false", "sleep", "echo", "cat", "ls", "id", "hostname", "mount", "env", "pwd",
-    "ps", "head", "tr", "grep", "kill", "seq", "dd", "touch", "mkdir", "wc", "yes", "rm",
+    "ps", "head", "tr", "grep", "kill", "seq", "dd", "touch", "mkdir", "wc", "yes", "rm", "nc",
 ];
 
 /// Fails (under CI) or skips (elsewhere, loudly) when not root.

@@ -204,20 +204,32 @@ fn containers_survive_kill_9_of_the_daemon() {
         "-c",
         "trap 'exit 0' TERM; i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.1; done",
     ]);
-    d.shoal_ok(&[
-        "run",
-        "-d",
-        "--name",
-        "short",
-        "demo",
-        "sh",
-        "-c",
-        "sleep 1; echo done; exit 7",
-    ]);
+    let short_id = d
+        .shoal_ok(&[
+            "run",
+            "-d",
+            "--name",
+            "short",
+            "demo",
+            "sh",
+            "-c",
+            "sleep 1; echo done; exit 7",
+        ])
+        .trim()
+        .to_string();
     let pid_before = inspect(&d, "long")["State"]["Pid"].clone();
     d.kill9();
     // While the daemon is gone, `short` exits; its supervisor records the exit.
-    std::thread::sleep(Duration::from_millis(1500));
+    let exit_file = d
+        .data_root()
+        .join("containers")
+        .join(&short_id)
+        .join("exit.json");
+    eventually(
+        Duration::from_secs(20),
+        "short to exit while the daemon is down",
+        || exit_file.exists(),
+    );
     d.restart();
     let ls = d.shoal_ok(&["container", "ls"]);
     assert!(ls.contains("long") && !ls.contains("short"), "{ls}");

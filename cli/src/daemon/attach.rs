@@ -110,12 +110,17 @@ async fn from_log(daemon: Arc<Daemon>, c: Container, start: bool) -> Result<Atta
             let stopping = daemon.stopping.clone();
             let id = c.id.clone();
             let tx = tx.clone();
-            blocking(move || {
-                let exit = runtime.exit_fd(&id)?;
-                let output = |chunk| event(Event::Output(chunk));
-                follow(&id, &mut reader, exit, &tx, output, &stopping)
-            })
-            .await
+            let exit = {
+                let id = id.clone();
+                blocking(move || Ok(runtime.exit_fd(&id)?)).await
+            };
+            match exit {
+                Ok(exit) => {
+                    let output = |chunk| event(Event::Output(chunk));
+                    follow(&id, &mut reader, exit, &tx, output, &stopping).await
+                }
+                Err(err) => Err(err),
+            }
         };
         match followed {
             Ok(Followed::Exited) => {}

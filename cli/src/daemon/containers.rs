@@ -261,23 +261,32 @@ impl Containers for ContainersApi {
         let tail = request
             .tail
             .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
-        tokio::task::spawn_blocking(move || {
+        tokio::spawn(async move {
             let id = c.id;
-            let streamed = (|| -> Result<()> {
-                let mut reader = runtime.logs(&id)?;
-                let records = reader.read_all(tail).map_err(|source| ApiError::ReadLog {
-                    id: id.clone(),
-                    source,
-                })?;
-                if !send_records(records, &tx, &|chunk| chunk) || !request.follow {
+            let streamed = async {
+                let (mut reader, records, exit) = {
+                    let (runtime, id) = (runtime.clone(), id.clone());
+                    blocking(move || {
+                        let mut reader = runtime.logs(&id)?;
+                        let records =
+                            reader.read_all(tail).map_err(|source| ApiError::ReadLog {
+                                id: id.clone(),
+                                source,
+                            })?;
+                        let exit = runtime.exit_fd(&id)?;
+                        Ok((reader, records, exit))
+                    })
+                    .await?
+                };
+                if !send_records(records, &tx, &|chunk| chunk).await || !request.follow {
                     return Ok(());
                 }
-                let exit = runtime.exit_fd(&id)?;
-                follow(&id, &mut reader, exit, &tx, |chunk| chunk, &stopping)?;
-                Ok(())
-            })();
+                follow(&id, &mut reader, exit, &tx, |chunk| chunk, &stopping).await?;
+                Ok::<(), ApiError>(())
+            }
+            .await;
             if let Err(err) = streamed {
-                let _ = tx.blocking_send(Err(err.into()));
+                let _ = tx.send(Err(err.into())).await;
             }
             drop(hold);
         });

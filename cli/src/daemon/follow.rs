@@ -1,15 +1,14 @@
 //! Streaming a container's log to a client: what is there, then (following) what the
-//! container writes until its process ends. Runs on a blocking thread: the log reader is
-//! synchronous, and a `poll(2)` on the container's exit pidfd is both the pause between reads
-//! and the exit notification, so the end of the container is seen at once rather than on the
-//! next tick.
+//! container writes until its process ends. Waiting on the container's exit pidfd (with a
+//! tick between reads) shows the end of the container at once rather than on the next tick.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::time::Duration;
 
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use shoal_proto::node::v1 as pb;
 use shoal_runtime::logs::{LogReader, LogRecord};
+use tokio::io::unix::AsyncFd;
+use tokio::io::Interest;
 use tokio::sync::{mpsc, watch};
 use tonic::Status;
 
@@ -30,20 +29,25 @@ pub enum Followed {
 }
 
 /// Sends `records` as `wrap`ped chunks; `false` when the client is gone.
-pub fn send_records<T>(
+pub async fn send_records<T>(
     records: Vec<LogRecord>,
     tx: &mpsc::Sender<Result<T, Status>>,
     wrap: &impl Fn(pb::LogChunk) -> T,
 ) -> bool {
-    records
-        .into_iter()
-        .all(|record| tx.blocking_send(Ok(wrap(log_to_wire(record)))).is_ok())
+    for record in records {
+        if tx.send(Ok(wrap(log_to_wire(record)))).await.is_err() {
+            return false;
+        }
+    }
+    true
 }
 
 /// Sends what is appended to the log from the reader's position on, until `exit` (the
 /// container's exit pidfd; `None` when it is not running) is readable and a last read is
-/// done. Ends early when the client is gone or the daemon stops.
-pub fn follow<T>(
+/// done. Ends early when the client is gone or the daemon stops. Async, so that any number
+/// of followers costs no blocking threads; the log reads themselves are small reads of a
+/// local file.
+pub async fn follow<T>(
     id: &str,
     reader: &mut LogReader,
     exit: Option<OwnedFd>,
@@ -51,15 +55,26 @@ pub fn follow<T>(
     wrap: impl Fn(pb::LogChunk) -> T,
     stopping: &watch::Receiver<bool>,
 ) -> Result<Followed> {
-    let timeout =
-        PollTimeout::try_from(FOLLOW_INTERVAL).expect("the follow interval fits a poll timeout");
+    let exit = match exit {
+        // SAFETY: the `OwnedFd` moves into the `AsyncFd`, which keeps it open and referring
+        // to the same pidfd until it is dropped.
+        Some(fd) => Some(
+            unsafe { AsyncFd::register_with_interest(fd, Interest::READABLE) }.map_err(|err| {
+                ApiError::ReadLog {
+                    id: id.to_string(),
+                    source: err.into_parts().1,
+                }
+            })?,
+        ),
+        None => None,
+    };
     let mut exited = exit.is_none();
     loop {
         let records = reader.read_new().map_err(|source| ApiError::ReadLog {
             id: id.to_string(),
             source,
         })?;
-        if !send_records(records, tx, &wrap) || tx.is_closed() {
+        if !send_records(records, tx, &wrap).await || tx.is_closed() {
             return Ok(Followed::ClientGone);
         }
         if exited {
@@ -69,9 +84,10 @@ pub fn follow<T>(
             return Err(ApiError::ShuttingDown);
         }
         if let Some(fd) = &exit {
-            let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
-            // EINTR and friends just mean "look again".
-            exited = matches!(poll(&mut fds, timeout), Ok(n) if n > 0);
+            tokio::select! {
+                ready = fd.readable() => exited = ready.is_ok(),
+                _ = tokio::time::sleep(FOLLOW_INTERVAL) => {}
+            }
         }
     }
 }

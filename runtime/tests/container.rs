@@ -551,7 +551,11 @@ fn attach_with_stdin_and_terminal() {
     );
 
     // -t: a terminal, resizable; output also lands in the log.
-    let mut spec = t.spec(&["sh", "-c", "[ -t 0 ] && echo is-a-tty; read x; stty size"]);
+    let mut spec = t.spec(&[
+        "sh",
+        "-c",
+        "[ -t 0 ] && echo is-a-tty; tty; read x; stty size",
+    ]);
     spec.open_stdin = true;
     spec.tty = true;
     let c = t.rt.create(spec).expect("create");
@@ -564,6 +568,8 @@ fn attach_with_stdin_and_terminal() {
     let (out, _, code) = collect_attach(&mut s);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("is-a-tty"), "{out:?}");
+    // The terminal is the container's own (its devpts), so it has a name in there.
+    assert!(out.contains("/dev/pts/0"), "{out:?}");
     assert!(out.contains("33 101"), "{out:?}");
     let logs =
         t.rt.logs(&c.id)

@@ -293,3 +293,27 @@ fn hostile_image_archive_is_refused_and_leaves_nothing() {
     let n = std::fs::read_dir(&blobs).map(|r| r.count()).unwrap_or(0);
     assert_eq!(n, 0, "a refused import left blobs");
 }
+
+#[test]
+fn interactive_terminal_run() {
+    // `script` (util-linux, essential on Debian) gives the client a real terminal.
+    let d = Daemon::start();
+    d.import_demo("demo");
+    let cmd = format!(
+        "{} -H {} run --rm -it demo sh",
+        d.bins().shoal.display(),
+        d.host()
+    );
+    let mut script = std::process::Command::new("script");
+    script.args(["-qec", &cmd, "/dev/null"]);
+    let out = shoal_tests::run_with_timeout(
+        script,
+        Some(b"tty; echo typed-$((40+2))\nexit 3\n"),
+        Duration::from_secs(30),
+    );
+    let screen = text(&out.stdout).replace('\r', "");
+    assert!(screen.contains("typed-42"), "{screen}");
+    assert!(screen.contains("/dev/pts/0"), "{screen}");
+    assert_eq!(out.status.code(), Some(3), "{screen}");
+    assert_eq!(d.shoal_ok(&["ps", "-aq"]), "");
+}

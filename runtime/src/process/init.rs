@@ -32,10 +32,18 @@ pub struct InitFds {
     pub sync: OwnedFd,
     /// Write end of the error pipe (close-on-exec: EOF at the supervisor means exec worked).
     pub error: OwnedFd,
-    /// The process's stdin, stdout and stderr.
-    pub stdio: [OwnedFd; 3],
-    /// stdio is a terminal: become a session leader with it as the controlling terminal.
-    pub tty: bool,
+    /// The process's stdio.
+    pub stdio: InitStdio,
+}
+
+/// Where the process's stdin, stdout and stderr come from.
+pub enum InitStdio {
+    /// Pipes (or /dev/null), installed as they are.
+    Fds([OwnedFd; 3]),
+    /// A terminal, opened by the init in the container's own devpts after pivot_root (so
+    /// that `tty` and /dev/pts inside the container name it), its master end sent to the
+    /// supervisor over this socket (SCM_RIGHTS), as runc's console socket does.
+    Terminal(OwnedFd),
 }
 
 /// Files the runtime generated for /etc, bind-mounted over the image's.
@@ -75,13 +83,8 @@ pub fn run(
     program: &seccomp::SeccompProgram,
 ) -> isize {
     // The error pipe must outlive the setup steps, which consume the other fds.
-    let InitFds {
-        sync,
-        error,
-        stdio,
-        tty,
-    } = fds;
-    let failure = match setup_and_exec(spec, sync, stdio, tty, etc, program) {
+    let InitFds { sync, error, stdio } = fds;
+    let failure = match setup_and_exec(spec, sync, stdio, etc, program) {
         Ok(never) => match never {},
         Err(f) => f,
     };
@@ -103,8 +106,7 @@ pub(crate) enum Never {}
 fn setup_and_exec(
     spec: &RunSpec,
     sync: OwnedFd,
-    stdio: [OwnedFd; 3],
-    tty: bool,
+    stdio: InitStdio,
     etc: &EtcFiles,
     program: &seccomp::SeccompProgram,
 ) -> Result<Never, Failure> {
@@ -149,8 +151,15 @@ fn setup_and_exec(
             .map_err(|e| runtime_err(format!("setrlimit NOFILE: {e}")))?;
     }
 
-    install_stdio(&stdio)?;
-    drop(stdio);
+    let tty = matches!(stdio, InitStdio::Terminal(_));
+    match stdio {
+        InitStdio::Fds(fds) => install_stdio(&fds)?,
+        InitStdio::Terminal(console) => {
+            let slave = open_terminal(&console)?;
+            let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| runtime_err(format!("dup: {e}")));
+            install_stdio(&[dup(&slave)?, dup(&slave)?, slave])?;
+        }
+    }
     if tty {
         nix::unistd::setsid().map_err(|e| runtime_err(format!("setsid: {e}")))?;
         // SAFETY: TIOCSCTTY on fd 0, our terminal's slave end, with no pointer argument.
@@ -310,6 +319,51 @@ fn reset_signals() {
         libc::sigemptyset(&mut empty);
         libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
     }
+}
+
+/// Opens a new terminal in the container's devpts, hands its master end to the supervisor
+/// over `console`, and returns the slave end.
+fn open_terminal(console: &OwnedFd) -> Result<OwnedFd, Failure> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, UnixAddr};
+    let master = nix::fcntl::open(
+        "/dev/ptmx",
+        nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| runtime_err(format!("open /dev/ptmx: {e}")))?;
+    let unlock: libc::c_int = 0;
+    // SAFETY: TIOCSPTLCK reads an int that outlives the call; TIOCGPTPEER returns a new fd
+    // for the slave end (Linux 4.13+), which we take ownership of.
+    let slave = unsafe {
+        if libc::ioctl(master.as_raw_fd(), libc::TIOCSPTLCK, &unlock) < 0 {
+            return Err(runtime_err(format!(
+                "unlock terminal: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        let fd = libc::ioctl(
+            master.as_raw_fd(),
+            libc::TIOCGPTPEER,
+            libc::O_RDWR | libc::O_NOCTTY,
+        );
+        if fd < 0 {
+            return Err(runtime_err(format!(
+                "open terminal slave: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd)
+    };
+    let fds = [master.as_raw_fd()];
+    sendmsg::<UnixAddr>(
+        console.as_raw_fd(),
+        &[std::io::IoSlice::new(b"t")],
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .map_err(|e| runtime_err(format!("send terminal to supervisor: {e}")))?;
+    Ok(slave)
 }
 
 fn install_stdio(stdio: &[OwnedFd; 3]) -> Result<(), Failure> {

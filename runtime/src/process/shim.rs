@@ -29,7 +29,7 @@ use nix::unistd::{fork, pipe2, ForkResult, Pid};
 use serde::{Deserialize, Serialize};
 
 use super::attach::{kind, write_frame, FrameBuffer, ATTACH_SOCKET};
-use super::init::{self, EtcFiles, InitFds};
+use super::init::{self, EtcFiles, InitFds, InitStdio};
 use crate::cgroups::{ContainerCgroup, Limits};
 use crate::container::state::{files, proc_start_time, read_json, write_json, ExitFile, StateFile};
 use crate::logs::{LogWriter, Stream};
@@ -256,32 +256,28 @@ struct Started {
 
 /// The container's stdio: the init's ends and the supervisor's ends.
 struct Stdio {
-    child: [OwnedFd; 3],
+    child: InitStdio,
     outputs: Vec<(Stream, OwnedFd)>,
     stdin: Option<OwnedFd>,
-    tty: Option<OwnedFd>,
+    /// With a terminal: our end of the console socket, on which the init sends the master.
+    console: Option<OwnedFd>,
 }
 
 fn stdio(spec: &RunSpec) -> std::io::Result<Stdio> {
     let open_stdin = spec.process.open_stdin;
     if spec.process.tty {
-        let pty = nix::pty::openpty(None, None)?;
-        nix::fcntl::fcntl(
-            &pty.master,
-            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+        let (ours, theirs) = socketpair(
+            AddressFamily::Unix,
+            SockType::Stream,
+            None,
+            SockFlag::SOCK_CLOEXEC,
         )?;
-        let slave = pty.slave;
-        let child = [slave.try_clone()?, slave.try_clone()?, slave];
-        let stdin = if open_stdin {
-            Some(pty.master.try_clone()?)
-        } else {
-            None
-        };
         return Ok(Stdio {
-            child,
-            outputs: vec![(Stream::Stdout, pty.master.try_clone()?)],
-            stdin,
-            tty: Some(pty.master),
+            child: InitStdio::Terminal(theirs),
+            outputs: Vec::new(),
+            stdin: None,
+            console: Some(ours),
         });
     }
     let out = pipe()?;
@@ -293,11 +289,34 @@ fn stdio(spec: &RunSpec) -> std::io::Result<Stdio> {
         (OwnedFd::from(File::open("/dev/null")?), None)
     };
     Ok(Stdio {
-        child: [child_stdin, out.write, err.write],
+        child: InitStdio::Fds([child_stdin, out.write, err.write]),
         outputs: vec![(Stream::Stdout, out.read), (Stream::Stderr, err.read)],
         stdin,
-        tty: None,
+        console: None,
     })
+}
+
+/// Receives the terminal's master end from the init; `None` if the init failed first.
+fn receive_terminal(console: &OwnedFd) -> std::io::Result<Option<OwnedFd>> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr};
+    let mut byte = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<UnixAddr>(
+        std::os::fd::AsRawFd::as_raw_fd(console),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    for cmsg in msg.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+            if let Some(fd) = fds.first() {
+                // SAFETY: the kernel just installed this fd in our table for us.
+                return Ok(Some(unsafe { OwnedFd::from_raw_fd(*fd) }));
+            }
+        }
+    }
+    Ok(None)
 }
 
 /// Clones the init, places it in the cgroup, lets it go and waits until it has exec'd.
@@ -320,7 +339,6 @@ fn start(dir: &Path, spec: &RunSpec, cgroup: &ContainerCgroup) -> Result<Started
         sync: sync.read,
         error: errpipe.write,
         stdio: stdio.child,
-        tty: spec.process.tty,
     });
     let mut stack = vec![0u8; INIT_STACK_SIZE];
     let cb = Box::new(|| match child_fds.take() {
@@ -346,6 +364,15 @@ fn start(dir: &Path, spec: &RunSpec, cgroup: &ContainerCgroup) -> Result<Started
         return Err(abort(125, format!("start init: {e}")));
     }
     drop(sync.write);
+    // With a terminal the init sends its master end before it execs (or fails and closes
+    // the socket, which the error pipe then explains).
+    let terminal = match &stdio.console {
+        Some(console) => match receive_terminal(console) {
+            Ok(t) => t,
+            Err(e) => return Err(abort(125, format!("receive terminal: {e}"))),
+        },
+        None => None,
+    };
     let mut failure = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
@@ -361,11 +388,19 @@ fn start(dir: &Path, spec: &RunSpec, cgroup: &ContainerCgroup) -> Result<Started
         let _ = waitpid(pid, None);
         return Err((code, message));
     }
+    let (mut outputs, mut stdin) = (stdio.outputs, stdio.stdin);
+    if let Some(master) = &terminal {
+        let dup = |fd: &OwnedFd| fd.try_clone().map_err(|e| abort(125, format!("dup: {e}")));
+        outputs.push((Stream::Stdout, dup(master)?));
+        if spec.process.open_stdin {
+            stdin = Some(dup(master)?);
+        }
+    }
     Ok(Started {
         pid,
-        outputs: stdio.outputs,
-        stdin: stdio.stdin,
-        tty: stdio.tty,
+        outputs,
+        stdin,
+        tty: terminal,
     })
 }
 

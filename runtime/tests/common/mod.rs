@@ -12,6 +12,7 @@ use shoal_runtime::{ContainerSpec, Runtime, RuntimeConfig};
 const APPLETS: &[&str] = &[
     "sh", "true", "false", "sleep", "echo", "cat", "ls", "id", "hostname", "mount", "env", "pwd",
     "ps", "head", "tr", "grep", "kill", "seq", "dd", "touch", "mkdir", "wc", "yes", "rm", "nc",
+    "tty", "stty",
 ];
 
 /// Fails (under CI) or skips (elsewhere, loudly) when not root.

@@ -334,6 +334,19 @@ fn many_cycles_leave_nothing_behind() {
         t.rt.remove(&id, false).expect("remove");
         ids.push(id);
     }
+    // Removal deletes the files in the background: wait for the trash to empty.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while std::fs::read_dir(t.rt.trash_dir())
+        .map(|d| d.count())
+        .unwrap_or(0)
+        > 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "removed containers not purged"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let mounts_after = std::fs::read_to_string("/proc/self/mountinfo").expect("mountinfo");
     assert_eq!(mounts_before.lines().count(), mounts_after.lines().count());
     for id in &ids {

@@ -20,6 +20,12 @@ impl Runtime {
             path: containers.clone(),
             source,
         })?;
+        let trash = cfg.root.join("trash");
+        fs::create_dir_all(&trash).map_err(|source| ContainerError::Io {
+            op: "create",
+            path: trash.clone(),
+            source,
+        })?;
         let images = ImageStore::open(&cfg.root.join("image"))?;
         let rt = Runtime { cfg, images };
         rt.sweep_partial()?;
@@ -30,6 +36,11 @@ impl Runtime {
     /// `create` writes that file last and `remove` deletes it first, under the same lock.
     fn sweep_partial(&self) -> Result<()> {
         let _lock = self.lock_containers()?;
+        if let Ok(entries) = fs::read_dir(self.trash_dir()) {
+            for e in entries.flatten() {
+                super::delete::purge(&e.path());
+            }
+        }
         let dir = self.cfg.root.join("containers");
         let entries = fs::read_dir(&dir).map_err(|source| ContainerError::Io {
             op: "read",

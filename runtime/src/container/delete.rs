@@ -38,11 +38,15 @@ impl Runtime {
             tracing::warn!(container = %c.id, ?e, "remove cgroup");
         }
         let dir = self.container_dir(&c.id);
-        // Drop container.json first: a crash half-way then leaves a directory that is no
-        // longer a container rather than a broken container.
-        let _ = std::fs::remove_file(dir.join(super::state::files::CONTAINER));
-        match std::fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
+        // One rename takes the container away atomically; its files (a dozen unlinks, and an
+        // upper layer of any size) are deleted off the caller's path. What a crash leaves in
+        // trash/ is purged when the runtime is next opened.
+        let trash = self.trash_dir().join(&c.id);
+        match std::fs::rename(&dir, &trash) {
+            Ok(()) => {
+                purge_in_background(trash);
+                Ok(())
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(source) => Err(ContainerError::Io {
                 op: "remove",
@@ -74,5 +78,26 @@ impl Runtime {
             }
         }
         Ok(self.images.remove(reference, force)?)
+    }
+}
+
+/// Deletes a removed container's directory on a thread of its own.
+fn purge_in_background(path: std::path::PathBuf) {
+    let spawned = std::thread::Builder::new()
+        .name("shoal-purge".into())
+        .spawn({
+            let path = path.clone();
+            move || purge(&path)
+        });
+    if spawned.is_err() {
+        purge(&path);
+    }
+}
+
+pub(crate) fn purge(path: &std::path::Path) {
+    if let Err(err) = std::fs::remove_dir_all(path) {
+        if err.kind() != std::io::ErrorKind::NotFound {
+            tracing::warn!(path = %path.display(), %err, "purge removed container");
+        }
     }
 }

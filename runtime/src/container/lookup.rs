@@ -9,6 +9,12 @@ use super::state::{files, load_state, read_json};
 use super::{Container, ContainerError, Result, Runtime};
 
 impl Runtime {
+    /// `<data-root>/trash`: removed containers waiting to be deleted (same file system as
+    /// `containers/`, so moving one there is a rename).
+    pub fn trash_dir(&self) -> PathBuf {
+        self.cfg.root.join("trash")
+    }
+
     /// `<data-root>/containers/<id>`.
     pub fn container_dir(&self, id: &str) -> PathBuf {
         self.cfg.root.join("containers").join(id)

@@ -13,9 +13,9 @@ use tabwriter::TabWriter;
 use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::{Code, Status};
+use tonic::Status;
 
-use super::{inspect_json, DaemonError, OrDaemonError, EXIT_FAILED};
+use super::{DaemonError, OrDaemonError, EXIT_FAILED};
 use crate::client::Client;
 use crate::units::{human_duration, human_size, since};
 
@@ -319,27 +319,17 @@ async fn rm(client: &Client, args: RmArgs) -> anyhow::Result<i32> {
 }
 
 async fn inspect(client: &Client, args: InspectArgs) -> anyhow::Result<i32> {
-    let mut images = client.images.clone();
-    let mut docs = Vec::new();
-    let mut errors = Vec::new();
-    for reference in args.images {
-        match images.inspect(pb::InspectImageRequest { reference }).await {
-            Ok(answer) => docs.push(
-                serde_json::from_str(&answer.into_inner().json)
-                    .context("the daemon sent invalid inspect JSON")?,
-            ),
-            // Docker prints a missing object as a plain error, after the found ones.
-            Err(status) if status.code() == Code::NotFound => {
-                errors.push(format!("Error: {}", status.message()))
-            }
-            Err(status) => return Err(DaemonError(status).into()),
+    let images = client.images.clone();
+    super::inspect::inspect_each(args.images, |reference| {
+        let mut images = images.clone();
+        async move {
+            let answer = images
+                .inspect(pb::InspectImageRequest { reference })
+                .await?;
+            Ok(answer.into_inner().json)
         }
-    }
-    println!("{}", inspect_json(&docs));
-    for error in &errors {
-        eprintln!("{error}");
-    }
-    Ok(if errors.is_empty() { 0 } else { EXIT_FAILED })
+    })
+    .await
 }
 
 #[cfg(test)]

@@ -58,3 +58,30 @@ pub async fn inspect(client: &Client, args: InspectArgs) -> anyhow::Result<i32> 
     }
     Ok(if missing.is_empty() { 0 } else { EXIT_FAILED })
 }
+
+/// `container inspect` and `image inspect`: `fetch` answers one name with its inspect JSON.
+/// Prints the found documents as one JSON array and the missing ones as errors after it, as
+/// Docker does (exit 1 if any is missing); other errors end the command.
+pub async fn inspect_each<F, Fut>(names: Vec<String>, mut fetch: F) -> anyhow::Result<i32>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<String, tonic::Status>>,
+{
+    let mut docs = Vec::new();
+    let mut errors = Vec::new();
+    for name in names {
+        match fetch(name).await {
+            Ok(json) => docs
+                .push(serde_json::from_str(&json).context("the daemon sent invalid inspect JSON")?),
+            Err(status) if status.code() == Code::NotFound => {
+                errors.push(format!("Error: {}", status.message()))
+            }
+            Err(status) => return Err(DaemonError(status).into()),
+        }
+    }
+    println!("{}", inspect_json(&docs));
+    for error in &errors {
+        eprintln!("{error}");
+    }
+    Ok(if errors.is_empty() { 0 } else { EXIT_FAILED })
+}

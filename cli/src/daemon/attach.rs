@@ -22,7 +22,7 @@ use std::time::SystemTime;
 use shoal_proto::node::v1 as pb;
 use shoal_proto::node::v1::attach_container_request::Msg as AttachIn;
 use shoal_proto::node::v1::attach_container_response::Event;
-use shoal_runtime::process::attach::{kind, write_frame, MAX_FRAME};
+use shoal_runtime::process::attach::{kind, parse_header, write_frame, HEADER_LEN};
 use shoal_runtime::{Container, Status as RunStatus};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::OwnedWriteHalf;
@@ -276,22 +276,16 @@ async fn send_frame(to_shim: &mut OwnedWriteHalf, kind: u8, payload: &[u8]) -> i
 
 /// One frame of the attach protocol; `None` at a clean end of stream.
 async fn read_frame(r: &mut (impl AsyncRead + Unpin)) -> io::Result<Option<(u8, Vec<u8>)>> {
-    let mut head = [0u8; 5];
+    let mut head = [0u8; HEADER_LEN];
     match r.read_exact(&mut head).await {
         Ok(_) => {}
         Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
         Err(e) => return Err(e),
     }
-    let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]) as usize;
-    if len > MAX_FRAME {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("attach frame of {len} bytes"),
-        ));
-    }
+    let (kind, len) = parse_header(&head)?;
     let mut payload = vec![0u8; len];
     r.read_exact(&mut payload).await?;
-    Ok(Some((head[0], payload)))
+    Ok(Some((kind, payload)))
 }
 
 #[cfg(test)]

@@ -41,13 +41,7 @@ impl Runtime {
                 super::delete::purge(&e.path());
             }
         }
-        let dir = self.cfg.root.join("containers");
-        let entries = fs::read_dir(&dir).map_err(|source| ContainerError::Io {
-            op: "read",
-            path: dir.clone(),
-            source,
-        })?;
-        for e in entries.flatten() {
+        for e in super::lookup::read_dir(&self.cfg.root.join("containers"))?.flatten() {
             let path = e.path();
             if path.is_dir() && !path.join(super::state::files::CONTAINER).exists() {
                 tracing::info!(path = %path.display(), "removing partial container directory");

@@ -23,56 +23,25 @@ impl Runtime {
     /// Serialises creates and removes, so that names stay unique across concurrent requests
     /// (and across two processes sharing a data root, which the daemon forbids anyway).
     pub(crate) fn lock_containers(&self) -> Result<Flock<File>> {
-        let path = self.cfg.root.join("containers").join(".lock");
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|source| ContainerError::Io {
-                op: "open",
-                path: path.clone(),
-                source,
-            })?;
-        Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| ContainerError::Sys {
-            op: format!("flock {}", path.display()),
-            source: e,
-        })
+        lock_file(&self.cfg.root.join("containers").join(".lock"))
     }
 
     /// Serialises the operations that change one container's lifecycle (start, remove), so
     /// two starts cannot both spawn a supervisor and a remove cannot delete a container that
     /// is being started. The lock file goes with the directory.
     pub(crate) fn lock_container(&self, id: &str) -> Result<Flock<File>> {
-        let path = self.container_dir(id).join(".lock");
-        let file = File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(|source| match source.kind() {
-                std::io::ErrorKind::NotFound => ContainerError::NotFound(id.to_string()),
-                _ => ContainerError::Io {
-                    op: "open",
-                    path: path.clone(),
-                    source,
-                },
-            })?;
-        Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| ContainerError::Sys {
-            op: format!("flock {}", path.display()),
-            source: e,
+        lock_file(&self.container_dir(id).join(".lock")).map_err(|e| match e {
+            // The directory is gone: the container was removed meanwhile.
+            ContainerError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                ContainerError::NotFound(id.to_string())
+            }
+            e => e,
         })
     }
 
     /// Every container id on disk (directories holding a `container.json`).
     fn ids(&self) -> Result<Vec<String>> {
-        let dir = self.cfg.root.join("containers");
-        let entries = fs::read_dir(&dir).map_err(|source| ContainerError::Io {
-            op: "read",
-            path: dir.clone(),
-            source,
-        })?;
-        Ok(entries
+        Ok(read_dir(&self.cfg.root.join("containers"))?
             .filter_map(|e| e.ok())
             .filter(|e| e.path().join(files::CONTAINER).exists())
             .filter_map(|e| e.file_name().into_string().ok())
@@ -150,4 +119,31 @@ impl Runtime {
         out.sort_by(|a, b| b.created.cmp(&a.created));
         Ok(out)
     }
+}
+
+/// Opens (creating) `path` and takes an exclusive flock on it, held until the guard drops.
+fn lock_file(path: &std::path::Path) -> Result<Flock<File>> {
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(|source| ContainerError::Io {
+            op: "open",
+            path: path.to_path_buf(),
+            source,
+        })?;
+    Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| ContainerError::Sys {
+        op: format!("flock {}", path.display()),
+        source: e,
+    })
+}
+
+/// `fs::read_dir` with the directory in the error.
+pub(crate) fn read_dir(dir: &std::path::Path) -> Result<fs::ReadDir> {
+    fs::read_dir(dir).map_err(|source| ContainerError::Io {
+        op: "read",
+        path: dir.to_path_buf(),
+        source,
+    })
 }

@@ -42,14 +42,11 @@ pub fn write_frame(w: &mut impl Write, kind: u8, payload: &[u8]) -> io::Result<(
     w.write_all(&buf)
 }
 
-/// Reads one whole frame (blocking); `Ok(None)` at a clean end of stream.
-pub fn read_frame(r: &mut impl Read) -> io::Result<Option<(u8, Vec<u8>)>> {
-    let mut head = [0u8; 5];
-    match r.read_exact(&mut head) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
-    }
+/// Size of a frame header.
+pub const HEADER_LEN: usize = 5;
+
+/// Parses a frame header into (kind, payload length); an oversized frame is an error.
+pub fn parse_header(head: &[u8; HEADER_LEN]) -> io::Result<(u8, usize)> {
     let len = u32::from_le_bytes([head[1], head[2], head[3], head[4]]) as usize;
     if len > MAX_FRAME {
         return Err(io::Error::new(
@@ -57,9 +54,21 @@ pub fn read_frame(r: &mut impl Read) -> io::Result<Option<(u8, Vec<u8>)>> {
             format!("attach frame of {len} bytes"),
         ));
     }
+    Ok((head[0], len))
+}
+
+/// Reads one whole frame (blocking); `Ok(None)` at a clean end of stream.
+pub fn read_frame(r: &mut impl Read) -> io::Result<Option<(u8, Vec<u8>)>> {
+    let mut head = [0u8; HEADER_LEN];
+    match r.read_exact(&mut head) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let (kind, len) = parse_header(&head)?;
     let mut payload = vec![0u8; len];
     r.read_exact(&mut payload)?;
-    Ok(Some((head[0], payload)))
+    Ok(Some((kind, payload)))
 }
 
 /// Incremental frame parser for the supervisor's non-blocking reads.
@@ -73,24 +82,13 @@ impl FrameBuffer {
     pub fn push(&mut self, data: &[u8]) -> io::Result<Vec<(u8, Vec<u8>)>> {
         self.buf.extend_from_slice(data);
         let mut out = Vec::new();
-        loop {
-            if self.buf.len() < 5 {
+        while let Some(head) = self.buf.first_chunk::<HEADER_LEN>() {
+            let (kind, len) = parse_header(head)?;
+            if self.buf.len() < HEADER_LEN + len {
                 break;
             }
-            let len =
-                u32::from_le_bytes([self.buf[1], self.buf[2], self.buf[3], self.buf[4]]) as usize;
-            if len > MAX_FRAME {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("attach frame of {len} bytes"),
-                ));
-            }
-            if self.buf.len() < 5 + len {
-                break;
-            }
-            let kind = self.buf[0];
-            let payload = self.buf[5..5 + len].to_vec();
-            self.buf.drain(..5 + len);
+            let payload = self.buf[HEADER_LEN..HEADER_LEN + len].to_vec();
+            self.buf.drain(..HEADER_LEN + len);
             out.push((kind, payload));
         }
         Ok(out)

@@ -9,7 +9,7 @@ use clap::{ArgAction, Args, Subcommand, ValueEnum};
 use shoal_proto::node::v1 as pb;
 use tonic::Code;
 
-use super::{inspect_json, write_out, DaemonError, OrDaemonError, EXIT_FAILED};
+use super::{write_out, DaemonError, OrDaemonError, EXIT_FAILED};
 use crate::client::Client;
 use crate::units::{parse_cpus, parse_memory};
 
@@ -434,27 +434,17 @@ async fn rm(client: &Client, args: RmArgs) -> anyhow::Result<i32> {
 }
 
 async fn inspect(client: &Client, args: InspectArgs) -> anyhow::Result<i32> {
-    let mut containers = client.containers.clone();
-    let mut docs = Vec::new();
-    let mut errors = Vec::new();
-    for id in args.containers {
-        match containers.inspect(pb::InspectContainerRequest { id }).await {
-            Ok(answer) => docs.push(
-                serde_json::from_str(&answer.into_inner().json)
-                    .context("the daemon sent invalid inspect JSON")?,
-            ),
-            // Docker prints a missing object as a plain error, after the found ones.
-            Err(status) if status.code() == Code::NotFound => {
-                errors.push(format!("Error: {}", status.message()))
-            }
-            Err(status) => return Err(DaemonError(status).into()),
+    let containers = client.containers.clone();
+    super::inspect::inspect_each(args.containers, |id| {
+        let mut containers = containers.clone();
+        async move {
+            let answer = containers
+                .inspect(pb::InspectContainerRequest { id })
+                .await?;
+            Ok(answer.into_inner().json)
         }
-    }
-    println!("{}", inspect_json(&docs));
-    for error in &errors {
-        eprintln!("{error}");
-    }
-    Ok(if errors.is_empty() { 0 } else { EXIT_FAILED })
+    })
+    .await
 }
 
 async fn wait(client: &Client, args: WaitArgs) -> anyhow::Result<i32> {

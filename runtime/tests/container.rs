@@ -8,6 +8,23 @@ use std::time::Duration;
 use common::{require_root, TestRuntime};
 use shoal_runtime::{ContainerSpec, Status};
 
+/// Waits until the container's log contains `marker` (the script prints it once its signal
+/// traps are installed), so that no test depends on how fast a shell starts.
+fn wait_for_log(t: &TestRuntime, id: &str, marker: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let logs = t.rt.logs(id).expect("logs").read_all(None).expect("read");
+        if logs.iter().any(|r| r.log.contains(marker)) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{marker} never logged"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 #[test]
 fn pid_one_is_the_command_and_host_is_invisible() {
     if !require_root() {
@@ -150,11 +167,11 @@ fn exit_codes_and_start_failures() {
         t.rt.create(t.spec(&[
             "sh",
             "-c",
-            "trap 'exit 7' USR1; while true; do sleep 0.05; done",
+            "trap 'exit 7' USR1; echo ready; while true; do sleep 0.05; done",
         ]))
         .expect("create");
     t.rt.start(&c.id).expect("start");
-    std::thread::sleep(Duration::from_millis(200));
+    wait_for_log(&t, &c.id, "ready");
     t.rt.kill(&c.id, libc::SIGUSR1).expect("kill USR1");
     assert_eq!(t.rt.wait(&c.id).expect("wait").exit_code, 7);
     let c = t.rt.create(t.spec(&["sleep", "1000"])).expect("create");
@@ -202,11 +219,11 @@ fn stop_kill_and_state() {
         t.rt.create(t.spec(&[
             "sh",
             "-c",
-            "trap 'exit 42' TERM; while true; do sleep 0.1; done",
+            "trap 'exit 42' TERM; echo ready; while true; do sleep 0.1; done",
         ]))
         .expect("create");
     t.rt.start(&c.id).expect("start");
-    std::thread::sleep(Duration::from_millis(200));
+    wait_for_log(&t, &c.id, "ready");
     t.rt.stop(&c.id, Duration::from_secs(10)).expect("stop");
     assert_eq!(t.rt.lookup(&c.id).expect("lookup").state.exit_code, 42);
     // Restart of an exited container works and keeps its upper layer.
@@ -311,7 +328,8 @@ fn read_only_root_and_network_none() {
     assert_eq!(out, "ro\ntmp-ro\nlo\n");
     // Loopback is up, as in Docker's `none` network: a server and a client can talk on it.
     let (code, out) = t.sh(
-        "nc -l -p 7000 > /tmp/got & sleep 0.2; echo ping | nc 127.0.0.1 7000; sleep 0.2; cat /tmp/got",
+        // Retry until the listener is up (no timing assumption), then wait for it to finish.
+        "nc -l -p 7000 > /tmp/got & i=0; until echo ping | nc 127.0.0.1 7000 2>/dev/null; do i=$((i+1)); [ $i -gt 400 ] && exit 9; sleep 0.05; done; wait; cat /tmp/got",
     );
     assert_eq!((code, out.as_str()), (0, "ping\n"));
 }
@@ -593,12 +611,17 @@ fn attach_with_stdin_and_terminal() {
 
     // Attaching later to a running container sees its output from then on.
     let c =
-        t.rt.create(t.spec(&["sh", "-c", "sleep 0.5; echo late; exit 2"]))
-            .expect("create");
+        t.rt.create(t.spec(&[
+            "sh",
+            "-c",
+            "i=0; while [ $i -lt 100 ]; do echo late; sleep 0.05; i=$((i+1)); done; exit 2",
+        ]))
+        .expect("create");
     t.rt.start(&c.id).expect("start");
     let mut s = t.rt.attach(&c.id).expect("attach");
     let (out, _, code) = collect_attach(&mut s);
-    assert_eq!((out.as_str(), code), ("late\n", 2));
+    assert!(out.starts_with("late\n"), "{out:?}");
+    assert_eq!(code, 2);
     assert!(t.rt.attach(&c.id).is_err(), "attach to an exited container");
 }
 

@@ -17,6 +17,10 @@ use super::*;
 
 const TEST_PARENT: &str = "shoal-test";
 
+/// Guards alive in this test process (tests run on parallel threads), per layout: [v1, v2]
+/// (the v2 tests use the empty cgroup2 mount beside the v1 hierarchies).
+static LIVE_GUARDS: std::sync::Mutex<[usize; 2]> = std::sync::Mutex::new([0, 0]);
+
 /// True when running as root. Outside CI a missing privilege skips the test loudly; under
 /// `CI=true` it fails.
 fn root_or_skip(test: &str) -> bool {
@@ -44,7 +48,12 @@ impl Guard {
 
     fn create_in(l: &'static Layout, test: &str, limits: &Limits) -> Self {
         let name = format!("{test}-{}", std::process::id());
+        // Counted and created under the lock, so no guard's drop removes the shared parent
+        // between the creation of the parent and of the child.
+        let mut live = LIVE_GUARDS.lock().unwrap_or_else(|e| e.into_inner());
         let cg = ContainerCgroup::create_in(l, TEST_PARENT, &name, limits).expect("create cgroup");
+        live[usize::from(l.is_v2())] += 1;
+        drop(live);
         Self {
             cg,
             children: Vec::new(),
@@ -73,9 +82,14 @@ impl Drop for Guard {
         if let Err(e) = self.cg.remove() {
             eprintln!("cleanup: remove {}: {e:?}", self.cg.path());
         }
-        // The shared test parent goes when the last test using it is done (rmdir of a
-        // non-empty cgroup fails, which is what we want).
+        // The shared test parent goes with the last live guard.
         let l = self.cg.layout;
+        let mut live = LIVE_GUARDS.lock().unwrap_or_else(|e| e.into_inner());
+        let count = &mut live[usize::from(l.is_v2())];
+        *count = count.saturating_sub(1);
+        if *count > 0 {
+            return;
+        }
         let parent = l.handle(TEST_PARENT);
         if l.is_v2() {
             let _ = fs::remove_dir(l.v2_root().join(TEST_PARENT));

@@ -46,11 +46,21 @@ impl Staging {
                 path: path.clone(),
                 source,
             })?;
-            let dir = File::open(&path).map_err(|source| ImageError::Io {
-                op: "open staging directory",
-                path: path.clone(),
-                source,
-            })?;
+            let dir = match File::open(&path) {
+                Ok(dir) => dir,
+                // A concurrent cleaner removed it before we could even open it: try again.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    last_err = Some(e);
+                    continue;
+                }
+                Err(source) => {
+                    return Err(ImageError::Io {
+                        op: "open staging directory",
+                        path: path.clone(),
+                        source,
+                    })
+                }
+            };
             let lock = match Flock::lock(dir, FlockArg::LockExclusiveNonblock) {
                 Ok(lock) => lock,
                 Err((_, errno)) => {
@@ -123,13 +133,10 @@ pub(super) fn clean_stale(tmp: &Path) -> Result<()> {
         let Ok(_lock) = Flock::lock(dir, FlockArg::LockExclusiveNonblock) else {
             continue;
         };
+        // Leftovers must not keep the store from opening: report, and try again next time.
         match fs::remove_dir_all(&path) {
-            Err(source) if source.kind() != io::ErrorKind::NotFound => {
-                return Err(ImageError::Io {
-                    op: "remove stale staging",
-                    path,
-                    source,
-                })
+            Err(err) if err.kind() != io::ErrorKind::NotFound => {
+                tracing::warn!(path = %path.display(), %err, "could not remove stale image staging")
             }
             _ => tracing::info!(path = %path.display(), "removed stale image staging"),
         }

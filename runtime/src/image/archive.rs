@@ -37,7 +37,9 @@ use super::manifest::{
     self, ConfigFile, Descriptor, DockerSaveEntry, ManifestOrIndex, Platform, MAX_DOCUMENT,
 };
 use super::reference::normalize_tag;
-use super::unpack::{clean_path, decompress, read_error, symlink_escapes, Compression};
+use super::unpack::{
+    clean_path, decompress, entry_path, hostile, read_error, symlink_escapes, Compression,
+};
 use super::{ImageError, Result};
 
 /// How deep indexes may nest (an index of indexes of manifests is depth 1). Real layouts use
@@ -137,12 +139,9 @@ impl Spool {
         eof: &Cell<bool>,
     ) -> Result<()> {
         let ty = entry.header().entry_type();
-        if ty.is_pax_global_extensions() {
+        let Some((name, rel)) = entry_path(entry)? else {
             return Ok(());
-        }
-        let raw = entry.path_bytes().into_owned();
-        let name = String::from_utf8_lossy(&raw).into_owned();
-        let rel = clean_path(&raw).map_err(|reason| hostile(&name, reason))?;
+        };
         if let Some(parent) = rel.parent() {
             let mut prefix = PathBuf::new();
             for comp in parent.components() {
@@ -608,12 +607,5 @@ impl<R: Read> Read for EofReader<R> {
         }
         self.count += n as u64;
         Ok(n)
-    }
-}
-
-fn hostile(entry: &str, reason: &str) -> ImageError {
-    ImageError::HostileEntry {
-        entry: entry.to_owned(),
-        reason: reason.to_owned(),
     }
 }

@@ -318,12 +318,9 @@ struct Extractor<'a> {
 impl Extractor<'_> {
     fn entry<R: Read>(&mut self, entry: &mut tar::Entry<'_, R>) -> Result<()> {
         let ty = entry.header().entry_type();
-        if ty.is_pax_global_extensions() {
+        let Some((name, rel)) = entry_path(entry)? else {
             return Ok(());
-        }
-        let raw = entry.path_bytes().into_owned();
-        let name = String::from_utf8_lossy(&raw).into_owned();
-        let rel = clean_path(&raw).map_err(|reason| hostile(&name, reason))?;
+        };
 
         if let Some(base) = rel.file_name().map(OsStr::as_bytes) {
             if base == b".wh..wh..opq" {
@@ -769,7 +766,19 @@ pub(super) fn set_xattr(path: &Path, key: &str, value: &[u8]) -> Result<()> {
     Ok(())
 }
 
-fn hostile(entry: &str, reason: &str) -> ImageError {
+/// An entry's name (for messages) and its path made safe with [`clean_path`]; `None` for a
+/// pax global header, which names no file. Shared by layer unpacking and archive spooling.
+pub(super) fn entry_path<R: Read>(entry: &tar::Entry<'_, R>) -> Result<Option<(String, PathBuf)>> {
+    if entry.header().entry_type().is_pax_global_extensions() {
+        return Ok(None);
+    }
+    let raw = entry.path_bytes();
+    let name = String::from_utf8_lossy(&raw).into_owned();
+    let rel = clean_path(&raw).map_err(|reason| hostile(&name, reason))?;
+    Ok(Some((name, rel)))
+}
+
+pub(super) fn hostile(entry: &str, reason: &str) -> ImageError {
     ImageError::HostileEntry {
         entry: entry.to_owned(),
         reason: reason.to_owned(),

@@ -89,16 +89,21 @@ pub fn command_text(command: &[String], no_trunc: bool) -> String {
     }
 }
 
-/// `container ls`.
-pub async fn ls(client: &Client, args: LsArgs) -> anyhow::Result<i32> {
-    let containers = client
+/// The daemon's containers (running ones unless `all`), newest first.
+async fn list(client: &Client, all: bool) -> anyhow::Result<Vec<pb::ContainerSummary>> {
+    Ok(client
         .containers
         .clone()
-        .list(pb::ListContainersRequest { all: args.all })
+        .list(pb::ListContainersRequest { all })
         .await
         .or_daemon_error()?
         .into_inner()
-        .containers;
+        .containers)
+}
+
+/// `container ls`.
+pub async fn ls(client: &Client, args: LsArgs) -> anyhow::Result<i32> {
+    let containers = list(client, args.all).await?;
     let out = std::io::stdout().lock();
     if args.quiet {
         let mut out = out;
@@ -206,14 +211,7 @@ async fn stats_targets(client: &Client, args: &StatsArgs) -> anyhow::Result<Vec<
     if !args.containers.is_empty() {
         return Ok(args.containers.clone());
     }
-    let containers = client
-        .containers
-        .clone()
-        .list(pb::ListContainersRequest { all: args.all })
-        .await
-        .or_daemon_error()?
-        .into_inner()
-        .containers;
+    let containers = list(client, args.all).await?;
     Ok(containers.into_iter().map(|c| c.id).collect())
 }
 

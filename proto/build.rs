@@ -9,6 +9,12 @@ const PROTOS: &[&str] = &[
     "shoal/node/v1/system.proto",
     "shoal/node/v1/images.proto",
     "shoal/node/v1/containers.proto",
+    "shoal/cluster/v1/objects.proto",
+    "shoal/cluster/v1/control.proto",
+    "shoal/cluster/v1/swarm.proto",
+    "shoal/cluster/v1/raft.proto",
+    "shoal/cluster/v1/dispatcher.proto",
+    "shoal/cluster/v1/ca.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use hyper_util::rt::TokioIo;
+use shoal_proto::cluster::v1::control_client::ControlClient;
+use shoal_proto::cluster::v1::swarm_client::SwarmClient;
 use shoal_proto::node::v1::containers_client::ContainersClient;
 use shoal_proto::node::v1::images_client::ImagesClient;
 use shoal_proto::node::v1::system_client::SystemClient;
@@ -90,6 +92,8 @@ pub struct Client {
     pub images: ImagesClient<Channel>,
     /// `Containers`.
     pub containers: ContainersClient<Channel>,
+    /// The connection, for the cluster services' clients.
+    channel: Channel,
 }
 
 impl Client {
@@ -109,8 +113,19 @@ impl Client {
         Ok(Client {
             system: SystemClient::new(channel.clone()),
             images: ImagesClient::new(channel.clone()),
-            containers: ContainersClient::new(channel),
+            containers: ContainersClient::new(channel.clone()),
+            channel,
         })
+    }
+
+    /// `Swarm`: the node's own membership (init, join, leave, info).
+    pub fn swarm(&self) -> SwarmClient<Channel> {
+        SwarmClient::new(self.channel.clone())
+    }
+
+    /// `Control`: the cluster's control API (a manager's; a worker refuses it).
+    pub fn control(&self) -> ControlClient<Channel> {
+        ControlClient::new(self.channel.clone())
     }
 }
 

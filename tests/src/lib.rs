@@ -23,6 +23,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tempfile::TempDir;
 
+pub mod cluster;
+
 /// Environment variable naming the directory of the binaries under test.
 pub const BIN_DIR_ENV: &str = "SHOAL_BIN_DIR";
 

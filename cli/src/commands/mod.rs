@@ -1,4 +1,5 @@
-//! The `shoal` client's command line: one module per noun (`image`, `container`, `system`),
+//! The `shoal` client's command line: one module per noun (`image`, `container`, `system`,
+//! and for the cluster `swarm`, `node`, `service`),
 //! Docker's flags, output and exit codes, and Docker's top-level shortcuts (`shoal run`,
 //! `shoal ps`, `shoal images`, …) mapped onto the same handlers.
 //!
@@ -16,6 +17,9 @@ use crate::client::{Client, ClientError, Host, DEFAULT_HOST, HOST_ENV};
 pub mod container;
 pub mod image;
 pub mod inspect;
+pub mod node;
+pub mod service;
+pub mod swarm;
 pub mod system;
 
 /// Docker's exit code for a failure of the CLI or daemon itself in `run` and `create`.
@@ -61,6 +65,17 @@ pub enum Command {
     Version,
     /// Return low-level information on containers or images
     Inspect(inspect::InspectArgs),
+    /// Manage the swarm
+    #[command(subcommand)]
+    Swarm(swarm::SwarmCommand),
+    /// Manage swarm nodes
+    #[command(subcommand)]
+    Node(node::NodeCommand),
+    /// Manage swarm services
+    #[command(subcommand)]
+    Service(service::ServiceCommand),
+    /// Display system-wide information (the node's swarm membership)
+    Info,
 
     /// Create and run a new container from an image
     #[command(disable_help_flag = true)]
@@ -103,6 +118,10 @@ enum Action {
     Container(Box<container::ContainerCommand>),
     Inspect(inspect::InspectArgs),
     Version,
+    Swarm(swarm::SwarmCommand),
+    Node(node::NodeCommand),
+    Service(Box<service::ServiceCommand>),
+    Info,
 }
 
 impl From<Command> for Action {
@@ -114,6 +133,10 @@ impl From<Command> for Action {
             Command::Container(c) => Action::Container(Box::new(c)),
             Command::Version => Action::Version,
             Command::Inspect(a) => Action::Inspect(a),
+            Command::Swarm(c) => Action::Swarm(c),
+            Command::Node(c) => Action::Node(c),
+            Command::Service(c) => Action::Service(Box::new(c)),
+            Command::Info => Action::Info,
             Command::Run(a) => Action::Container(Box::new(C::Run(a))),
             Command::Create(a) => Action::Container(Box::new(C::Create(a))),
             Command::Exec(a) => Action::Container(Box::new(C::Exec(a))),
@@ -187,6 +210,10 @@ async fn dispatch(host: &str, action: Action) -> anyhow::Result<i32> {
         Action::Inspect(args) => inspect::inspect(&Client::connect(&host).await?, args).await,
         Action::Image(cmd) => image::run(&Client::connect(&host).await?, cmd).await,
         Action::Container(cmd) => container::run(&Client::connect(&host).await?, *cmd).await,
+        Action::Swarm(cmd) => swarm::run(&Client::connect(&host).await?, cmd).await,
+        Action::Node(cmd) => node::run(&Client::connect(&host).await?, cmd).await,
+        Action::Service(cmd) => service::run(&Client::connect(&host).await?, *cmd).await,
+        Action::Info => swarm::info(&Client::connect(&host).await?).await,
     }
 }
 

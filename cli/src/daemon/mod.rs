@@ -11,6 +11,9 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use shoal_manager::controlapi::ControlService;
+use shoal_proto::cluster::v1::control_server::ControlServer;
+use shoal_proto::cluster::v1::swarm_server::SwarmServer;
 use shoal_proto::node::v1::containers_server::ContainersServer;
 use shoal_proto::node::v1::images_server::ImagesServer;
 use shoal_proto::node::v1::system_server::SystemServer;
@@ -30,6 +33,7 @@ pub mod images;
 pub mod lock;
 pub mod reaper;
 pub mod signal;
+pub mod swarm;
 pub mod system;
 
 use self::error::{ApiError, Result};
@@ -70,6 +74,9 @@ pub enum DaemonError {
     /// The running auto-remove containers could not be listed.
     #[error("adopt running auto-remove containers")]
     Adopt(#[source] ApiError),
+    /// The swarm membership on disk could not be resumed.
+    #[error("resume the swarm membership: {}", .0.message())]
+    Swarm(tonic::Status),
     /// The gRPC server failed.
     #[error("serve the node API")]
     Serve(#[source] tonic::transport::Error),
@@ -107,6 +114,9 @@ pub async fn run(
     };
     let reaper = Reaper::new(runtime.clone());
     reaper.adopt().await.map_err(DaemonError::Adopt)?;
+    let swarm = swarm::SwarmNode::open(&root, runtime.clone())
+        .await
+        .map_err(DaemonError::Swarm)?;
     let (stop_tx, stopping) = watch::channel(false);
     let daemon = Arc::new(Daemon {
         runtime,
@@ -129,9 +139,14 @@ pub async fn run(
         .add_service(ContainersServer::new(containers::ContainersApi::new(
             Arc::clone(&daemon),
         )))
+        .add_service(SwarmServer::new(swarm::SwarmApi(Arc::clone(&swarm))))
+        .add_service(ControlServer::new(ControlService::new(Arc::new(
+            swarm::LocalRouter(Arc::clone(&swarm)),
+        ))))
         .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
         .await;
     reaper.shutdown();
+    swarm.shutdown().await;
     served.map_err(DaemonError::Serve)
 }
 

@@ -30,6 +30,7 @@ mod content;
 mod index;
 mod manifest;
 mod reference;
+mod save;
 mod staging;
 mod store;
 #[cfg(test)]

@@ -8,4 +8,5 @@ mod fixtures;
 mod hostile;
 mod load;
 mod remove;
+mod save;
 mod tools;

@@ -1,0 +1,14 @@
+//! shoal's managers: the cluster store replicated with Raft (openraft over redb), and what the
+//! leader runs on it — the control API, the orchestrator, the scheduler, the dispatcher and
+//! the certificate authority. Knows nothing of how containers start.
+
+pub mod ca;
+pub mod controlapi;
+pub mod dispatcher;
+pub mod manager;
+pub mod objects;
+pub mod orchestrator;
+pub mod propose;
+pub mod raft;
+pub mod scheduler;
+pub mod store;

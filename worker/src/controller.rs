@@ -1,0 +1,431 @@
+//! Task controllers: one tokio task per assigned task, driving its container through the
+//! runtime — fetch the image, create, start, watch for the exit, stop when the desired state
+//! says so, remove when the task goes — and reporting each observed state.
+//!
+//! Containers are found again by their task label, so a restarted agent adopts the
+//! containers its previous run started (they outlive it by design).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shoal_proto::cluster::v1::{Task, TaskState, TaskStatus, TaskStatusUpdate};
+use shoal_runtime::{ContainerSpec, Runtime, Status};
+use tokio::sync::{mpsc, watch};
+use tonic::transport::Channel;
+
+use crate::images::ImageFetcher;
+
+/// Label carrying the task id on a task's container (Swarm's name).
+pub const TASK_LABEL: &str = "com.docker.swarm.task.id";
+/// Swarm's default stop grace period.
+const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+
+/// Unix nanos now.
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+
+/// What controllers share.
+#[derive(Clone)]
+pub struct Shared {
+    /// The node's runtime.
+    pub runtime: Runtime,
+    /// Observed states go here, to be batched to the dispatcher.
+    pub reports: mpsc::UnboundedSender<TaskStatusUpdate>,
+    /// Managers to fetch images from.
+    pub managers: watch::Receiver<Vec<(String, Channel)>>,
+    /// One fetch per image.
+    pub images: Arc<ImageFetcher>,
+    /// This node's id (for container names of global tasks).
+    pub node_id: String,
+}
+
+struct Handle {
+    task: watch::Sender<Task>,
+    join: tokio::task::JoinHandle<()>,
+}
+
+/// The node's controllers, by task id.
+pub struct Controllers {
+    shared: Shared,
+    running: HashMap<String, Handle>,
+    /// Containers found at start, by task id, for adoption.
+    adopted: HashMap<String, String>,
+}
+
+impl Controllers {
+    /// Controllers over `shared`; lists the runtime's containers once to adopt them.
+    pub async fn new(shared: Shared) -> Controllers {
+        let rt = shared.runtime.clone();
+        let adopted = tokio::task::spawn_blocking(move || {
+            rt.list(true)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|c| {
+                    c.spec
+                        .labels
+                        .iter()
+                        .find(|(k, _)| k == TASK_LABEL)
+                        .map(|(_, v)| (v.clone(), c.id.clone()))
+                })
+                .collect()
+        })
+        .await
+        .unwrap_or_default();
+        Controllers {
+            shared,
+            running: HashMap::new(),
+            adopted,
+        }
+    }
+
+    /// Ids of the tasks under control.
+    pub fn task_ids(&self) -> Vec<String> {
+        self.running.keys().cloned().collect()
+    }
+
+    /// Starts or updates the controller of `task`.
+    pub fn assign(&mut self, task: Task) {
+        let id = task.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default();
+        if id.is_empty() {
+            return;
+        }
+        if let Some(handle) = self.running.get(&id) {
+            if !handle.join.is_finished() {
+                handle.task.send_replace(task);
+                return;
+            }
+        }
+        let (tx, rx) = watch::channel(task);
+        let container = self.adopted.remove(&id);
+        let join = tokio::spawn(control(self.shared.clone(), id.clone(), rx, container));
+        self.running.insert(id, Handle { task: tx, join });
+    }
+
+    /// The task is no longer assigned here: its container goes.
+    pub fn remove(&mut self, id: &str) {
+        if let Some(handle) = self.running.remove(id) {
+            handle.join.abort();
+            let rt = self.shared.runtime.clone();
+            let task = handle.task.borrow().clone();
+            tokio::spawn(async move {
+                let _ = handle.join.await;
+                remove_container(&rt, &task).await;
+            });
+        }
+    }
+
+    /// Removes every container of a task that is neither assigned nor being controlled
+    /// (called after a full assignment set arrives).
+    pub fn sweep_orphans(&mut self) {
+        let orphans: Vec<String> = self.adopted.drain().map(|(_, c)| c).collect();
+        let rt = self.shared.runtime.clone();
+        if orphans.is_empty() {
+            return;
+        }
+        tokio::task::spawn_blocking(move || {
+            for id in orphans {
+                if let Err(err) = rt.remove(&id, true) {
+                    tracing::warn!(container = %id, %err, "remove orphaned task container");
+                }
+            }
+        });
+    }
+}
+
+fn report(shared: &Shared, task_id: &str, status: TaskStatus) {
+    let _ = shared.reports.send(TaskStatusUpdate {
+        task_id: task_id.to_string(),
+        status: Some(status),
+    });
+}
+
+fn status(state: TaskState, message: &str) -> TaskStatus {
+    TaskStatus {
+        state: state as i32,
+        timestamp: now(),
+        message: message.to_string(),
+        ..Default::default()
+    }
+}
+
+/// The container name Swarm gives a task: `service.slot.taskid` (node id for global tasks).
+fn container_name(task: &Task, node_id: &str, task_id: &str) -> String {
+    let slot = if task.slot == 0 {
+        node_id.to_string()
+    } else {
+        task.slot.to_string()
+    };
+    format!("{}.{}.{}", task.service_name, slot, task_id)
+}
+
+fn container_spec(task: &Task, name: String, task_id: &str, node_id: &str) -> ContainerSpec {
+    let spec = task.spec.clone().unwrap_or_default();
+    let c = spec.container.unwrap_or_default();
+    let limits = spec.resources.and_then(|r| r.limits).unwrap_or_default();
+    let mut labels: Vec<(String, String)> = c.labels.into_iter().collect();
+    labels.extend([
+        (TASK_LABEL.to_string(), task_id.to_string()),
+        ("com.docker.swarm.task.name".into(), name.clone()),
+        (
+            "com.docker.swarm.service.id".into(),
+            task.service_id.clone(),
+        ),
+        (
+            "com.docker.swarm.service.name".into(),
+            task.service_name.clone(),
+        ),
+        ("com.docker.swarm.node.id".into(), node_id.to_string()),
+    ]);
+    ContainerSpec {
+        name: Some(name),
+        image: c.image,
+        cmd: c.args,
+        entrypoint: (!c.command.is_empty()).then_some(c.command),
+        env: c.env,
+        workdir: (!c.dir.is_empty()).then_some(c.dir),
+        user: (!c.user.is_empty()).then_some(c.user),
+        hostname: (!c.hostname.is_empty()).then_some(c.hostname),
+        memory: (limits.memory_bytes > 0).then_some(limits.memory_bytes),
+        nano_cpus: (limits.nano_cpus > 0).then_some(limits.nano_cpus),
+        read_only: c.read_only,
+        labels,
+        ..Default::default()
+    }
+}
+
+fn grace(task: &Task) -> Duration {
+    let nanos = task
+        .spec
+        .as_ref()
+        .and_then(|s| s.container.as_ref())
+        .map_or(0, |c| c.stop_grace_period);
+    if nanos > 0 {
+        Duration::from_nanos(u64::try_from(nanos).unwrap_or(0))
+    } else {
+        DEFAULT_GRACE
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    tokio::task::spawn_blocking(f).await.ok()
+}
+
+async fn stop_container(rt: &Runtime, id: &str, grace: Duration) {
+    let (rt, id) = (rt.clone(), id.to_string());
+    let _ = blocking(move || rt.stop(&id, grace)).await;
+}
+
+async fn remove_container(rt: &Runtime, task: &Task) {
+    let task_id = task.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default();
+    let rt2 = rt.clone();
+    let grace = grace(task);
+    let _ = blocking(move || {
+        let found = rt2.list(true).unwrap_or_default().into_iter().find(|c| {
+            c.spec
+                .labels
+                .iter()
+                .any(|(k, v)| k == TASK_LABEL && *v == task_id)
+        });
+        if let Some(c) = found {
+            let _ = rt2.stop(&c.id, grace);
+            if let Err(err) = rt2.remove(&c.id, true) {
+                tracing::warn!(container = %c.id, %err, "remove task container");
+            }
+        }
+    })
+    .await;
+}
+
+fn exit_status(code: i32, error: &str) -> TaskStatus {
+    if !error.is_empty() {
+        let mut s = status(TaskState::Failed, "task: start failed");
+        s.err = error.to_string();
+        s.exit_code = code;
+        return s;
+    }
+    if code == 0 {
+        let mut s = status(TaskState::Complete, "finished");
+        s.exit_code = 0;
+        s
+    } else {
+        let mut s = status(TaskState::Failed, "task: non-zero exit");
+        s.err = format!("task: non-zero exit ({code})");
+        s.exit_code = code;
+        s
+    }
+}
+
+/// Waits until the task's desired state differs from `desired`. Status echoes of the agent's
+/// own reports also change the task; they must not wake the controller, or every report would
+/// cause another. `Err` when the task was dropped.
+async fn desired_changed(rx: &mut watch::Receiver<Task>, desired: i32) -> Result<(), ()> {
+    rx.wait_for(|t| t.desired_state != desired)
+        .await
+        .map(|_| ())
+        .map_err(|_| ())
+}
+
+/// Drives one task.
+async fn control(
+    shared: Shared,
+    task_id: String,
+    mut rx: watch::Receiver<Task>,
+    mut container: Option<String>,
+) {
+    let rt = shared.runtime.clone();
+    // Whether a final state was reported: never report backwards.
+    let mut done = false;
+    let mut reported_running = false;
+    loop {
+        let task = rx.borrow_and_update().clone();
+        let desired = task.desired_state();
+        let wait_change = |rx: &mut watch::Receiver<Task>| {
+            let mut rx = rx.clone();
+            async move { desired_changed(&mut rx, desired as i32).await }
+        };
+        if desired as i32 > TaskState::Running as i32 {
+            if let Some(id) = container.as_ref() {
+                let running = {
+                    let (rt, id) = (rt.clone(), id.clone());
+                    blocking(move || rt.lookup(&id).map(|c| c.state.status == Status::Running))
+                        .await
+                        .and_then(Result::ok)
+                        .unwrap_or(false)
+                };
+                if running {
+                    stop_container(&rt, id, grace(&task)).await;
+                }
+            }
+            if !done {
+                report(&shared, &task_id, status(TaskState::Shutdown, "shutdown"));
+                done = true;
+            }
+            if desired == TaskState::Remove {
+                remove_container(&rt, &task).await;
+                container = None;
+                // The task stays assigned until the reaper deletes it: wait for removal.
+            }
+            if wait_change(&mut rx).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        if done {
+            if wait_change(&mut rx).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        // Desired running.
+        if container.is_none() {
+            let wait = task.not_before - now();
+            if wait > 0 {
+                let delay = Duration::from_nanos(u64::try_from(wait).unwrap_or(0));
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    changed = wait_change(&mut rx) => {
+                        if changed.is_err() { return; }
+                        continue;
+                    }
+                }
+            }
+            let image = task
+                .spec
+                .as_ref()
+                .and_then(|s| s.container.as_ref())
+                .map(|c| c.image.clone())
+                .unwrap_or_default();
+            report(&shared, &task_id, status(TaskState::Preparing, "preparing"));
+            let managers = shared.managers.borrow().clone();
+            if let Err(err) = shared.images.ensure(&rt, &image, &managers).await {
+                let mut s = status(TaskState::Rejected, "preparing");
+                s.err = err.to_string();
+                report(&shared, &task_id, s);
+                done = true;
+                continue;
+            }
+            let name = container_name(&task, &shared.node_id, &task_id);
+            let spec = container_spec(&task, name, &task_id, &shared.node_id);
+            report(&shared, &task_id, status(TaskState::Starting, "starting"));
+            let rt2 = rt.clone();
+            let created = blocking(move || {
+                let c = rt2.create(spec)?;
+                rt2.start(&c.id)
+            })
+            .await;
+            match created {
+                Some(Ok(c)) => {
+                    let mut s = status(TaskState::Running, "started");
+                    s.container_id = c.id.clone();
+                    s.pid = c.state.pid;
+                    report(&shared, &task_id, s);
+                    reported_running = true;
+                    container = Some(c.id);
+                }
+                Some(Err(err)) => {
+                    let mut s = status(TaskState::Rejected, "starting");
+                    s.err = err.to_string();
+                    report(&shared, &task_id, s);
+                    done = true;
+                    continue;
+                }
+                None => return,
+            }
+        }
+        // Running (or adopted): wait for the exit or a change of desired state.
+        let Some(id) = container.clone() else {
+            continue;
+        };
+        let rt2 = rt.clone();
+        let id2 = id.clone();
+        let mut waiter = tokio::task::spawn_blocking(move || rt2.wait(&id2));
+        // An adopted container reports its current state first.
+        if !reported_running {
+            reported_running = true;
+            let adopted = {
+                let (rt, id) = (rt.clone(), id.clone());
+                blocking(move || rt.lookup(&id)).await.and_then(Result::ok)
+            };
+            match adopted {
+                Some(c) if c.state.status == Status::Running => {
+                    let mut s = status(TaskState::Running, "started");
+                    s.container_id = c.id.clone();
+                    s.pid = c.state.pid;
+                    report(&shared, &task_id, s);
+                }
+                Some(_) => {}
+                None => {
+                    // Adopted container vanished: start afresh.
+                    container = None;
+                    waiter.abort();
+                    continue;
+                }
+            }
+        }
+        tokio::select! {
+            exited = &mut waiter => {
+                let s = match exited {
+                    Ok(Ok(state)) => exit_status(state.exit_code, &state.error),
+                    Ok(Err(err)) => {
+                        let mut s = status(TaskState::Failed, "task: container gone");
+                        s.err = err.to_string();
+                        s
+                    }
+                    Err(_) => return,
+                };
+                let mut s = s;
+                s.container_id = id.clone();
+                report(&shared, &task_id, s);
+                done = true;
+            }
+            changed = wait_change(&mut rx) => {
+                // The waiter's thread ends with the container.
+                if changed.is_err() { return; }
+            }
+        }
+    }
+}

@@ -1,48 +1,54 @@
 #!/usr/bin/env bash
-# shoal's main job on one machine, end to end: build shoal, start a node daemon on a private
-# data root and socket, build the demo image from Debian's busybox-static, import it, run
-# containers from it and show what they print. Everything it starts it stops again.
+# shoal's main job on one machine, end to end: build shoal, start a local cluster of 3
+# managers and 2 workers (each node a shoald in its own network and UTS namespace, see
+# deploy/cluster.sh), build the demo image from Debian's busybox-static and load it on a
+# manager, run a demo service of 3 replicas, show `node ls`, `service ls` and `service ps`,
+# scale it to 5 and fetch a page from one of its tasks. Everything it starts it stops again.
 #
-# Until the swarm lands (issue 4) this is a single-node demo; it becomes the multi-node
-# cluster demo then.
+# The published port through the ingress routing mesh arrives with the networking issue;
+# until then the page is fetched inside a task's own network namespace.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 
-if ! [ -x /bin/busybox ]; then
+if ! [ -x /bin/busybox ] || ! command -v nsenter >/dev/null || ! command -v ip >/dev/null; then
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq && apt-get install -y -qq busybox-static
+  apt-get update -qq && apt-get install -y -qq busybox-static iproute2 util-linux
 fi
 cargo build --release --locked --bins
-bin="$repo/target/release"
 
+name=shoal-demo
+cluster() { "$repo/deploy/cluster.sh" "$1" --name "$name" "${@:2}"; }
+cleanup() { cluster down >/dev/null 2>&1 || true; rm -rf "$work"; }
 work=$(mktemp -d /tmp/shoal-demo.XXXXXX)
-export SHOAL_HOST="unix://$work/shoal.sock"
-shoal() { "$bin/shoal" "$@"; }
-cleanup() {
-  set +e
-  for id in $(shoal container ls -aq 2>/dev/null); do shoal container rm -f "$id" >/dev/null; done
-  [ -n "${daemon:-}" ] && kill "$daemon" 2>/dev/null && wait "$daemon" 2>/dev/null
-  rm -rf "$work"
-}
 trap cleanup EXIT
 
-"$bin/shoald" --data-root "$work/root" -H "$SHOAL_HOST" 2>"$work/shoald.log" &
-daemon=$!
-for _ in $(seq 100); do [ -S "$work/shoal.sock" ] && break; sleep 0.05; done
+step() {
+  local node=$1
+  shift
+  printf '\n\033[1m%s$ shoal %s\033[0m\n' "$node" "$*"
+  cluster shoal "$node" "$@"
+}
 
-step() { printf '\n\033[1m$ shoal %s\033[0m\n' "$*"; shoal "$@"; }
-
+cluster up --managers 3 --workers 2 --subnet 198.18.0 --bin "$repo/target/release"
 "$repo/deploy/build-demo-image.sh" "$work/demo.tar" >/dev/null
-step image import "$work/demo.tar" shoal/demo:latest
-step image ls
-step container run --rm --hostname demo shoal/demo sh -c 'echo "Hello from $(hostname), pid $$"; id'
-step container run -d --name web --memory 64m shoal/demo httpd -f -p 8080 -h /var/www
-step container ls
-step container exec web wget -qO- http://127.0.0.1:8080/
-step container stats --no-stream
-step container stop -t 1 web
-step container ls -a
-step container rm web
+step manager1 image import "$work/demo.tar" shoal/demo:latest
+step manager1 node ls
+step manager1 service create --name web --replicas 3 --stop-grace-period 1s \
+  shoal/demo httpd -f -p 80 -h /var/www
+step manager1 service ls
+step manager1 service ps web
+step manager2 service scale web=5
+step manager1 service ls
+step manager1 service ps web
+# A task's container, on whichever node runs it: operators debug this way.
+for node in worker1 worker2 manager1 manager2 manager3; do
+  task=$(cluster shoal "$node" container ls -q | head -1)
+  if [ -n "$task" ]; then
+    step "$node" container exec "$task" wget -qO- http://127.0.0.1:80/
+    break
+  fi
+done
+step manager1 service rm web
 echo
-echo "demo finished: shoald log in $work/shoald.log (removed on exit)"
+echo "demo finished; the cluster is taken down"

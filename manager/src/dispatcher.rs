@@ -37,10 +37,7 @@ pub type ImageChunks = mpsc::Receiver<Result<Vec<u8>, Status>>;
 /// Exports images of this manager's node for agents that miss them.
 pub trait ImageExporter: Send + Sync + 'static {
     /// Streams `reference` as an OCI image-layout tar; `Ok(None)` when this node lacks it.
-    fn export(
-        &self,
-        reference: &str,
-    ) -> Result<Option<ImageChunks>, Status>;
+    fn export(&self, reference: &str) -> Result<Option<ImageChunks>, Status>;
 }
 
 /// Status reports of one RPC, and where to answer it.
@@ -351,6 +348,9 @@ impl Dispatcher for DispatcherRpc {
                     batch.push(Ok(more));
                 }
                 let mut message = SessionMessage::default();
+                // Latest version of each changed task, and the ids gone, in this batch.
+                let mut changed: HashMap<String, Task> = HashMap::new();
+                let mut gone: HashSet<String> = HashSet::new();
                 let mut reset = false;
                 for change in batch {
                     match change {
@@ -361,16 +361,12 @@ impl Dispatcher for DispatcherRpc {
                                         let id = id_of(&task.meta).to_string();
                                         let removed = event.kind == StoreActionKind::Remove as i32;
                                         if !removed && DispatcherService::is_mine(task, &node_id) {
-                                            sent.insert(id);
-                                            message.removed.retain(|r| *r != id_of(&task.meta));
-                                            message.tasks.retain(|t| {
-                                                t.meta != task.meta
-                                                    && id_of(&t.meta) != id_of(&task.meta)
-                                            });
-                                            message.tasks.push(task.clone());
+                                            sent.insert(id.clone());
+                                            gone.remove(&id);
+                                            changed.insert(id, task.clone());
                                         } else if sent.remove(&id) {
-                                            message.tasks.retain(|t| id_of(&t.meta) != id);
-                                            message.removed.push(id);
+                                            changed.remove(&id);
+                                            gone.insert(id);
                                         }
                                     }
                                     Some(Object::Node(node)) if id_of(&node.meta) == node_id => {
@@ -393,6 +389,8 @@ impl Dispatcher for DispatcherRpc {
                         Err(RecvError::Closed) => return,
                     }
                 }
+                message.tasks = changed.into_values().collect();
+                message.removed = gone.into_iter().collect();
                 if this.context.check_leader().is_err() {
                     let _ = tx.send(Err(Status::unavailable("leadership lost"))).await;
                     return;

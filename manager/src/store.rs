@@ -265,7 +265,10 @@ pub struct Store {
 
 /// Capacity of the change channel: a subscriber this far behind gets `Lagged` and must
 /// re-read the state.
-const CHANGE_CAPACITY: usize = 4096;
+///
+/// The channel keeps its last `CHANGE_CAPACITY` messages alive until overwritten, and one
+/// message can hold hundreds of tasks: keep it small.
+const CHANGE_CAPACITY: usize = 256;
 
 impl Store {
     /// An empty store.

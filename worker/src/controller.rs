@@ -113,7 +113,7 @@ impl Controllers {
             let task = handle.task.borrow().clone();
             tokio::spawn(async move {
                 let _ = handle.join.await;
-                remove_container(&rt, &task).await;
+                remove_container(&rt, &task, None).await;
             });
         }
     }
@@ -219,21 +219,37 @@ async fn stop_container(rt: &Runtime, id: &str, grace: Duration) {
     let _ = blocking(move || rt.stop(&id, grace)).await;
 }
 
-async fn remove_container(rt: &Runtime, task: &Task) {
+/// Stops and removes the task's container: `known` (or the id its status reported) when
+/// there is one, else whichever container carries the task's label — listing every container
+/// only in that last case, since a node with hundreds of tasks removes them all at once.
+async fn remove_container(rt: &Runtime, task: &Task, known: Option<String>) {
     let task_id = task.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default();
+    let reported = task
+        .status
+        .as_ref()
+        .map(|s| s.container_id.clone())
+        .filter(|id| !id.is_empty());
+    let known = known.or(reported);
     let rt2 = rt.clone();
     let grace = grace(task);
     let _ = blocking(move || {
-        let found = rt2.list(true).unwrap_or_default().into_iter().find(|c| {
-            c.spec
-                .labels
-                .iter()
-                .any(|(k, v)| k == TASK_LABEL && *v == task_id)
+        let id = known.or_else(|| {
+            rt2.list(true)
+                .unwrap_or_default()
+                .into_iter()
+                .find(|c| {
+                    c.spec
+                        .labels
+                        .iter()
+                        .any(|(k, v)| k == TASK_LABEL && *v == task_id)
+                })
+                .map(|c| c.id)
         });
-        if let Some(c) = found {
-            let _ = rt2.stop(&c.id, grace);
-            if let Err(err) = rt2.remove(&c.id, true) {
-                tracing::warn!(container = %c.id, %err, "remove task container");
+        if let Some(id) = id {
+            let _ = rt2.stop(&id, grace);
+            match rt2.remove(&id, true) {
+                Ok(()) | Err(shoal_runtime::ContainerError::NotFound(_)) => {}
+                Err(err) => tracing::warn!(container = %id, %err, "remove task container"),
             }
         }
     })
@@ -305,8 +321,7 @@ async fn control(
                 done = true;
             }
             if desired == TaskState::Remove {
-                remove_container(&rt, &task).await;
-                container = None;
+                remove_container(&rt, &task, container.take()).await;
                 // The task stays assigned until the reaper deletes it: wait for removal.
             }
             if wait_change(&mut rx).await.is_err() {

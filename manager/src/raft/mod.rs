@@ -28,21 +28,22 @@ use shoal_proto::cluster::v1::raft_server::RaftServer;
 use shoal_proto::cluster::v1::StoreBatch;
 use tokio::sync::watch;
 
-pub use log_store::LogStore;
-pub use network::{ChannelFactory, Network};
-pub use server::{RaftRpc, RaftRpcHooks};
-pub use state_machine::StateMachine;
-pub use types::{Member, Raft, RaftMetrics, Request, Response, TypeConfig};
+pub use self::network::ChannelFactory;
+pub use self::server::{RaftRpc, RaftRpcHooks};
+pub use self::types::{Member, Raft, RaftMetrics, Request, Response, TypeConfig};
 
+use self::log_store::LogStore;
+use self::network::Network;
+use self::state_machine::StateMachine;
 use crate::store::Store;
 
-/// Heartbeat period. Followers hear from the leader several times per election timeout, so a
-/// lost heartbeat or two does not start an election.
+/// Heartbeat period: four of them fit in the shortest election timeout, so a heartbeat or
+/// two delayed on a loaded machine does not start an election.
 const HEARTBEAT_MS: u64 = 150;
-/// Election timeout range: a dead leader is replaced within about a second (timeout plus one
-/// vote round), well under Swarm's multi-second failover, while staying four heartbeats
-/// above the period on a loaded machine.
+/// Lower end of the election timeout: a dead leader is replaced within about a second
+/// (timeout plus one vote round), well under Swarm's multi-second failover.
 const ELECTION_TIMEOUT_MIN_MS: u64 = 600;
+/// Upper end of the election timeout; the spread makes split votes rare.
 const ELECTION_TIMEOUT_MAX_MS: u64 = 1000;
 /// Entries between snapshots: the log a restarting manager replays stays short, and building
 /// a snapshot (the whole store, encoded) stays rare next to the writes.

@@ -364,6 +364,12 @@ async fn raft_cluster_replicates_fails_over_and_recovers() {
         .map(|(id, _)| id)
         .collect();
     assert_eq!(members, [1, 2, 3]);
+    // Adding a member again changes nothing.
+    cluster
+        .node(1)
+        .add_voter(2, cluster.member(2))
+        .await
+        .unwrap();
 
     // Writes on the leader, and over the Write RPC, reach every store.
     let index = cluster.write(create_service("svc-1")).await;

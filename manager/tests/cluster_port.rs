@@ -1,6 +1,7 @@
 //! A real manager (Raft on a temp dir, mutual TLS on a loopback port) and callers holding
 //! different certificates: each RPC answers only the roles it is for, tokens are checked, and
 //! a node removed from the store can no longer talk to the cluster.
+#![allow(clippy::unwrap_used)]
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -28,14 +28,19 @@ impl Runtime {
         })?;
         let images = ImageStore::open(&cfg.root.join("image"))?;
         let rt = Runtime { cfg, images };
-        rt.sweep_partial()?;
+        {
+            let _lock = rt.lock_containers()?;
+            rt.sweep_partial()?;
+            // After the sweep, so that a half-created container's name is not indexed.
+            rt.open_names()?;
+        }
         Ok(rt)
     }
 
     /// Removes directories a crash left half-created or half-removed (no `container.json`):
-    /// `create` writes that file last and `remove` deletes it first, under the same lock.
+    /// `create` writes that file last and `remove` deletes it first, under the same lock,
+    /// which the caller holds.
     fn sweep_partial(&self) -> Result<()> {
-        let _lock = self.lock_containers()?;
         if let Ok(entries) = fs::read_dir(self.trash_dir()) {
             for e in entries.flatten() {
                 super::delete::purge(&e.path());
@@ -70,22 +75,33 @@ impl Runtime {
         let layers = self.images.layer_dirs(&image)?;
         let id = new_id();
         let process = resolve_process(&spec, &image, &layers)?;
-        let _lock = self.lock_containers()?;
-        let name = match &spec.name {
+        let requested = match &spec.name {
             Some(n) => {
                 let n = n.strip_prefix('/').unwrap_or(n).to_string();
                 validate_name(&n)?;
-                if let Some(other) = self.find_by_name(&n)? {
-                    return Err(ContainerError::NameInUse { name: n, id: other });
-                }
+                Some(n)
+            }
+            None => None,
+        };
+        // Held until container.json is written: the name index tells a stale entry from one
+        // whose create is under way only under this lock (see `names.rs`).
+        let _lock = self.lock_containers()?;
+        let name = match requested {
+            Some(n) => {
+                self.reserve_name(&n, &id)?;
                 n
             }
-            None => self.generate_name()?,
+            None => self.generate_name(&id)?,
         };
         let dir = self.container_dir(&id);
         let result = self.write_container(&dir, &id, &name, spec, image, layers, process);
-        if result.is_err() {
+        if let Err(err) = &result {
             let _ = fs::remove_dir_all(&dir);
+            // A leftover entry is stale (no container.json) and would be dropped when next
+            // found; logged so that it is not a silent leak.
+            if let Err(cleanup) = self.release_name(&name, &id) {
+                tracing::warn!(container = %id, %name, %err, %cleanup, "release name of failed create");
+            }
         }
         result
     }
@@ -151,19 +167,41 @@ impl Runtime {
         Ok(container)
     }
 
-    fn generate_name(&self) -> Result<String> {
-        for attempt in 0..64u64 {
+    /// Picks a free name and reserves it for `id`, as `create` does with a requested one.
+    fn generate_name(&self, id: &str) -> Result<String> {
+        let mut attempt = 0;
+        loop {
             let seed = random_u64() ^ attempt;
-            let left = NAME_LEFT[(seed % NAME_LEFT.len() as u64) as usize];
-            let right = NAME_RIGHT[((seed >> 16) % NAME_RIGHT.len() as u64) as usize];
-            let name = format!("{left}_{right}");
-            if self.find_by_name(&name)?.is_none() {
-                return Ok(name);
+            let name = if attempt < WORD_NAME_ATTEMPTS {
+                let left = NAME_LEFT[(seed % NAME_LEFT.len() as u64) as usize];
+                let right = NAME_RIGHT[((seed >> 16) % NAME_RIGHT.len() as u64) as usize];
+                format!("{left}_{right}")
+            } else {
+                format!("shoal_{:08x}", seed as u32)
+            };
+            match self.reserve_name(&name, id) {
+                Ok(()) => return Ok(name),
+                // 32 random bits colliding this often means the entropy source is broken,
+                // not that the names ran out: give up rather than loop.
+                Err(e @ ContainerError::NameInUse { .. })
+                    if attempt + 1 == GENERATED_NAME_ATTEMPTS =>
+                {
+                    return Err(e)
+                }
+                Err(ContainerError::NameInUse { .. }) => attempt += 1,
+                Err(e) => return Err(e),
             }
         }
-        Ok(format!("shoal_{}", &new_id()[..8]))
     }
 }
+
+/// Word pairs tried before falling back to `shoal_<hex>`: there are only 256 pairs, so once a
+/// node has a few hundred unnamed containers most tries collide, and each costs a reservation
+/// attempt; a handful keeps the readable names for small nodes without spending long on full
+/// ones.
+const WORD_NAME_ATTEMPTS: u64 = 16;
+/// All attempts, the random-hex ones included.
+const GENERATED_NAME_ATTEMPTS: u64 = WORD_NAME_ATTEMPTS + 8;
 
 // Docker's generator has long lists; a short one is enough, collisions retry.
 const NAME_LEFT: [&str; 16] = [
@@ -195,7 +233,9 @@ pub(crate) fn new_id() -> String {
     (0..4).map(|_| format!("{:016x}", random_u64())).collect()
 }
 
-fn validate_name(name: &str) -> Result<()> {
+/// Docker's rule for container names; what it accepts is also a safe file name in `names/`
+/// (no `/`, never `.` or `..`, never a dot file).
+pub(super) fn validate_name(name: &str) -> Result<()> {
     let mut chars = name.chars();
     let ok = name.len() >= 2
         && chars.next().is_some_and(|c| c.is_ascii_alphanumeric())

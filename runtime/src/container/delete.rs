@@ -43,17 +43,19 @@ impl Runtime {
         // trash/ is purged when the runtime is next opened.
         let trash = self.trash_dir().join(&c.id);
         match std::fs::rename(&dir, &trash) {
-            Ok(()) => {
-                purge_in_background(trash);
-                Ok(())
+            Ok(()) => purge_in_background(trash),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(ContainerError::Io {
+                    op: "remove",
+                    path: dir,
+                    source,
+                })
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(source) => Err(ContainerError::Io {
-                op: "remove",
-                path: dir,
-                source,
-            }),
         }
+        // Released only once the container is gone: a crash before this line leaves a stale
+        // entry, which lookups and creates drop, never a container without its entry.
+        self.release_name(&c.name, &c.id)
     }
 
     /// `image rm`, refused while any container (running or not) uses the image.

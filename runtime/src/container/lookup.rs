@@ -40,7 +40,7 @@ impl Runtime {
     }
 
     /// Every container id on disk (directories holding a `container.json`).
-    fn ids(&self) -> Result<Vec<String>> {
+    pub(super) fn ids(&self) -> Result<Vec<String>> {
         Ok(read_dir(&self.cfg.root.join("containers"))?
             .filter_map(|e| e.ok())
             .filter(|e| e.path().join(files::CONTAINER).exists())
@@ -55,20 +55,6 @@ impl Runtime {
             .ok_or_else(|| ContainerError::NotFound(id.to_string()))?;
         c.state = load_state(&dir)?;
         Ok(c)
-    }
-
-    pub(crate) fn find_by_name(&self, name: &str) -> Result<Option<String>> {
-        for id in self.ids()? {
-            let dir = self.container_dir(&id);
-            // An unreadable container.json (a crash mid-write) must not hide every other
-            // container: it is skipped here and reported by `list`.
-            if let Ok(Some(c)) = read_json::<Container>(&dir, files::CONTAINER) {
-                if c.name == name {
-                    return Ok(Some(id));
-                }
-            }
-        }
-        Ok(None)
     }
 
     /// Finds a container by full id, name (with or without a leading `/`) or unique id

@@ -20,6 +20,7 @@ mod exec;
 mod inspect;
 mod kill;
 mod lookup;
+mod names;
 mod start;
 pub mod state;
 mod stats;

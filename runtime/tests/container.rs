@@ -759,3 +759,154 @@ fn signals_start_at_their_defaults() {
         "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n"
     );
 }
+
+#[test]
+fn names_are_reserved_once_and_released_on_remove() {
+    use shoal_runtime::ContainerError;
+    if !require_root() {
+        return;
+    }
+    let t = TestRuntime::new();
+    let named = |name: &str| ContainerSpec {
+        name: Some(name.into()),
+        ..t.spec(&["true"])
+    };
+    let web = t.rt.create(named("web")).expect("create web");
+    assert_eq!(t.rt.lookup("web").expect("by name").id, web.id);
+    assert_eq!(t.rt.lookup("/web").expect("by /name").id, web.id);
+    match t.rt.create(named("/web")) {
+        Err(ContainerError::NameInUse { name, id }) => {
+            assert_eq!((name, id), ("web".into(), web.id.clone()))
+        }
+        other => panic!("second create of a taken name: {other:?}"),
+    }
+
+    // The reservation is atomic: of concurrent creates with one name exactly one wins.
+    let results: Vec<_> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..8)
+            .map(|_| s.spawn(|| t.rt.create(named("race"))))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("join"))
+            .collect()
+    });
+    let winners: Vec<_> = results.iter().filter_map(|r| r.as_ref().ok()).collect();
+    assert_eq!(winners.len(), 1, "{results:?}");
+    for r in &results {
+        match r {
+            Ok(_) => {}
+            Err(ContainerError::NameInUse { id, .. }) => assert_eq!(*id, winners[0].id),
+            Err(e) => panic!("a losing create failed otherwise: {e}"),
+        }
+    }
+    let listed = t.rt.list(true).expect("ls");
+    assert_eq!(listed.iter().filter(|c| c.name == "race").count(), 1);
+
+    // Removing frees the name.
+    let names = t.rt.names_dir();
+    t.rt.remove("web", false).expect("remove");
+    assert!(!names.join("web").exists(), "entry kept after remove");
+    assert!(matches!(
+        t.rt.lookup("web"),
+        Err(ContainerError::NotFound(_))
+    ));
+    let web2 = t.rt.create(named("web")).expect("name free after remove");
+    assert_eq!(t.rt.lookup("web").expect("by name").id, web2.id);
+
+    // A stale entry (a crash between steps) neither resolves nor blocks the name.
+    std::fs::write(names.join("ghost"), "ab".repeat(32)).expect("write stale entry");
+    assert!(matches!(
+        t.rt.lookup("ghost"),
+        Err(ContainerError::NotFound(_))
+    ));
+    assert!(
+        !names.join("ghost").exists(),
+        "stale entry kept after lookup"
+    );
+    std::fs::write(names.join("ghost"), "ab".repeat(32)).expect("write stale entry");
+    let ghost =
+        t.rt.create(named("ghost"))
+            .expect("create over a stale entry");
+    assert_eq!(t.rt.lookup("ghost").expect("by name").id, ghost.id);
+    // An entry pointing at a container of another name is stale too.
+    std::fs::write(names.join("alias"), &web2.id).expect("write alias entry");
+    assert!(matches!(
+        t.rt.lookup("alias"),
+        Err(ContainerError::NotFound(_))
+    ));
+
+    // A needle is a name only if a container could have it: no path leaves names/.
+    let victim = t.rt.config().root.join("victim");
+    std::fs::write(&victim, "not an id").expect("write victim");
+    for needle in ["../victim", &format!("/{}", victim.display())] {
+        assert!(matches!(
+            t.rt.lookup(needle),
+            Err(ContainerError::NotFound(_))
+        ));
+    }
+    assert!(victim.exists(), "a lookup deleted a file outside names/");
+
+    // Generated names go through the same reservation.
+    let a = t.rt.create(t.spec(&["true"])).expect("unnamed");
+    let b = t.rt.create(t.spec(&["true"])).expect("unnamed");
+    assert_ne!(a.name, b.name);
+    for c in [&a, &b] {
+        assert_eq!(t.rt.lookup(&c.name).expect("by generated name").id, c.id);
+        assert_eq!(
+            std::fs::read_to_string(names.join(&c.name)).expect("entry"),
+            c.id
+        );
+    }
+}
+
+#[test]
+fn name_index_is_rebuilt_on_open() {
+    use shoal_runtime::{ContainerError, Runtime};
+    if !require_root() {
+        return;
+    }
+    let t = TestRuntime::new();
+    let mut made = Vec::new();
+    for name in ["alpha", "beta"] {
+        let spec = ContainerSpec {
+            name: Some(name.into()),
+            ..t.spec(&["true"])
+        };
+        made.push(t.rt.create(spec).expect("create"));
+    }
+    made.push(t.rt.create(t.spec(&["true"])).expect("unnamed"));
+
+    // A data root without an index, as one from before the index existed.
+    std::fs::remove_dir_all(t.rt.names_dir()).expect("remove names/");
+    let rt = Runtime::open(t.rt.config().clone()).expect("reopen");
+    for c in &made {
+        assert_eq!(rt.lookup(&c.name).expect("by name").id, c.id);
+    }
+    assert!(matches!(
+        rt.create(ContainerSpec {
+            name: Some("alpha".into()),
+            ..t.spec(&["true"])
+        }),
+        Err(ContainerError::NameInUse { .. })
+    ));
+
+    // Without the marker the index is rebuilt in full: lost entries come back and entries
+    // whose container is gone are dropped.
+    let names = rt.names_dir();
+    std::fs::remove_file(names.join("beta")).expect("remove entry");
+    std::fs::write(names.join("gone"), "cd".repeat(32)).expect("write stale entry");
+    std::fs::remove_file(names.join(".complete")).expect("remove marker");
+    let rt = Runtime::open(t.rt.config().clone()).expect("reopen");
+    assert_eq!(rt.lookup("beta").expect("by name").id, made[1].id);
+    assert!(
+        !names.join("gone").exists(),
+        "stale entry kept by the rebuild"
+    );
+
+    // With the marker, fewer entries than containers (an entry deleted by hand, or a runtime
+    // without the index wrote here) triggers the rebuild as well.
+    std::fs::remove_file(names.join("beta")).expect("remove entry");
+    let rt = Runtime::open(t.rt.config().clone()).expect("reopen");
+    assert_eq!(rt.lookup("beta").expect("by name").id, made[1].id);
+}

@@ -100,7 +100,10 @@ impl Runtime {
             // A leftover entry is stale (no container.json) and would be dropped when next
             // found; logged so that it is not a silent leak.
             if let Err(cleanup) = self.release_name(&name, &id) {
-                tracing::warn!(container = %id, %name, %err, %cleanup, "release name of failed create");
+                tracing::warn!(
+                    container = %id, %name, %err, %cleanup,
+                    "release the name of a failed create"
+                );
             }
         }
         result

@@ -89,8 +89,10 @@ docker_up() {
   command -v dockerd >/dev/null || { apt-get update -qq && apt-get install -y -qq docker.io; }
   ip netns add "$docker_ns"
   ip -n "$docker_ns" link set lo up
-  # Swarm needs an address to advertise; a dummy interface gives one without any route out.
-  ip -n "$docker_ns" link add eth0 type dummy
+  # Swarm needs an address to advertise; a veth pair inside the namespace gives one without
+  # any route out.
+  ip -n "$docker_ns" link add eth0 type veth peer name eth1
+  ip -n "$docker_ns" link set eth1 up
   ip -n "$docker_ns" addr add 198.18.250.1/24 dev eth0
   ip -n "$docker_ns" link set eth0 up
   dockerd_root=$(mktemp -d /var/lib/shoal-bench-docker.XXXXXX)

@@ -189,9 +189,10 @@ impl DispatcherService {
                         if task.node_id != *node_id {
                             continue;
                         }
-                        // Observed state only moves forward.
+                        // Observed state only moves forward; a repeat (an agent adopting its
+                        // containers after a restart) keeps the original time.
                         let now_state = task.status.as_ref().map_or(0, |s| s.state);
-                        if status.state < now_state {
+                        if status.state <= now_state {
                             continue;
                         }
                         let mut task = task.clone();

@@ -104,6 +104,8 @@ struct View {
     raft: RaftNode,
     store: Arc<Store>,
     advertise_addr: String,
+    /// Leadership as confirmed by a quorum (see `Manager::follow_leadership`).
+    leading: watch::Receiver<bool>,
 }
 
 impl View {
@@ -140,7 +142,7 @@ impl RaftControl for View {
 
 impl DispatcherContext for View {
     fn check_leader(&self) -> Result<(), Status> {
-        if self.raft.is_leader() {
+        if *self.leading.borrow() {
             return Ok(());
         }
         Err(not_leader(self.leader_addr()))
@@ -157,6 +159,11 @@ impl DispatcherContext for View {
         addrs
     }
 }
+
+/// How long a quorum has to confirm this manager's leadership.
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(1);
+/// How often a leader has its leadership confirmed.
+const CONFIRM_EVERY: Duration = Duration::from_secs(1);
 
 /// Metadata key naming the leader's address on an `Unavailable` answer from a follower.
 pub const LEADER_METADATA: &str = "shoal-leader";
@@ -227,10 +234,12 @@ impl Manager {
             })
         });
         let raft = RaftNode::open(&cfg.dir, cfg.raft_id, Arc::clone(&store), channels).await?;
+        let leading = watch::channel(false).0;
         let view = Arc::new(View {
             raft: raft.clone(),
             store: Arc::clone(&store),
             advertise_addr: cfg.advertise_addr.clone(),
+            leading: leading.subscribe(),
         });
         let proposer: Arc<dyn Proposer> = Arc::new(RaftProposer { raft: raft.clone() });
         let control = ControlApi::new(
@@ -258,7 +267,7 @@ impl Manager {
             dispatcher,
             client_tls,
             channels: Mutex::default(),
-            leading: watch::channel(false).0,
+            leading,
         });
         tokio::spawn(Arc::clone(&manager).follow_leadership());
         Ok(manager)
@@ -266,14 +275,23 @@ impl Manager {
 
     /// Starts the leader's loops when this manager becomes the leader; they stop by
     /// themselves when it no longer is.
+    ///
+    /// Leadership counts only once a quorum confirms it, and is confirmed again every second:
+    /// a manager restarted alone may believe it still leads (openraft restores its vote), and
+    /// must not mark nodes down or accept sessions it cannot commit anything for.
     async fn follow_leadership(self: Arc<Self>) {
         let mut metrics = self.raft.metrics();
         loop {
-            let leading = {
+            let believes = {
                 let m = metrics.borrow_and_update();
                 m.current_leader == Some(self.cfg.raft_id)
                     && m.state == openraft::ServerState::Leader
             };
+            let leading = believes
+                && matches!(
+                    tokio::time::timeout(CONFIRM_TIMEOUT, self.raft.ensure_linearizable()).await,
+                    Ok(Ok(()))
+                );
             if leading != *self.leading.borrow() {
                 self.leading.send_replace(leading);
                 if leading {
@@ -294,9 +312,14 @@ impl Manager {
                     tracing::info!(raft_id = self.cfg.raft_id, "this manager no longer leads");
                 }
             }
-            if metrics.changed().await.is_err() {
-                self.leading.send_replace(false);
-                return;
+            tokio::select! {
+                changed = metrics.changed() => {
+                    if changed.is_err() {
+                        self.leading.send_replace(false);
+                        return;
+                    }
+                }
+                _ = tokio::time::sleep(CONFIRM_EVERY), if believes => {}
             }
         }
     }
@@ -411,14 +434,6 @@ impl Manager {
                 })
             })
             .clone()
-    }
-
-    /// Whether this manager is in the Raft membership already (a restart, not a first join).
-    pub fn is_member(&self) -> bool {
-        self.raft
-            .members()
-            .iter()
-            .any(|(id, _)| *id == self.cfg.raft_id)
     }
 
     /// The store (a replica on followers).

@@ -42,6 +42,9 @@ struct SwarmState {
     advertise_addr: String,
     listen_addr: String,
     managers: Vec<String>,
+    /// This manager is in the Raft membership: a restart resumes, it does not join again.
+    #[serde(default)]
+    raft_joined: bool,
 }
 
 /// A running membership.
@@ -246,7 +249,7 @@ impl SwarmNode {
             let identity = Identity::load(&node.certs_dir())
                 .map_err(|e| Status::internal(e.to_string()))?
                 .ok_or_else(|| Status::internal("swarm state without a node certificate"))?;
-            let active = node.activate(state, identity, None).await?;
+            let active = node.activate(state, identity, None, false).await?;
             *node.active.lock().await = Some(active);
             tracing::info!("swarm membership resumed");
         }
@@ -259,25 +262,27 @@ impl SwarmNode {
     }
 
     fn save_state(&self, state: &SwarmState) -> Result<(), Status> {
-        std::fs::create_dir_all(&self.root)
-            .map_err(|e| internal("create swarm dir")(e.to_string()))?;
-        let tmp = self.root.join("state.json.tmp");
-        let text = serde_json::to_vec_pretty(state)
-            .map_err(|e| internal("encode state")(e.to_string()))?;
-        std::fs::write(&tmp, text).map_err(|e| internal("write state")(e.to_string()))?;
-        std::fs::rename(&tmp, self.root.join("state.json"))
-            .map_err(|e| internal("write state")(e.to_string()))
+        save_state(&self.root, state)
     }
 
     /// Starts the manager (when the state says so) and the agent.
     async fn activate(
         &self,
-        state: SwarmState,
+        mut state: SwarmState,
         identity: Identity,
         bootstrap: Option<RootCa>,
+        join_now: bool,
     ) -> Result<Active, Status> {
         let manager = if state.manager {
-            Some(self.start_manager(&state, &identity, bootstrap).await?)
+            let joining = !state.raft_joined && (bootstrap.is_some() || join_now);
+            let m = self
+                .start_manager(&state, &identity, bootstrap, join_now)
+                .await?;
+            if joining {
+                state.raft_joined = true;
+                self.save_state(&state)?;
+            }
+            Some(m)
         } else {
             None
         };
@@ -311,6 +316,7 @@ impl SwarmNode {
         state: &SwarmState,
         identity: &Identity,
         bootstrap: Option<RootCa>,
+        join_now: bool,
     ) -> Result<RunningManager, Status> {
         let listener = tokio::net::TcpListener::bind(&state.listen_addr)
             .await
@@ -350,11 +356,30 @@ impl SwarmNode {
                 .bootstrap(&ca, description(&self.runtime))
                 .await
                 .map_err(|e| Status::internal(e.to_string()))?;
-        } else if !state.managers.is_empty() && !manager.is_member() {
+        } else if !state.raft_joined && join_now {
             manager
                 .join(&state.managers, Duration::from_secs(60))
                 .await
                 .map_err(|e| Status::unavailable(e.to_string()))?;
+        } else if !state.raft_joined {
+            // A restart between the node's join and its manager's: finish joining without
+            // holding up the daemon's socket.
+            let (manager, root, mut state) =
+                (Arc::clone(&manager), self.root.clone(), state.clone());
+            tokio::spawn(async move {
+                match manager
+                    .join(&state.managers, Duration::from_secs(3600))
+                    .await
+                {
+                    Ok(()) => {
+                        state.raft_joined = true;
+                        if let Err(err) = save_state(&root, &state) {
+                            tracing::warn!(error = %err.message(), "record the raft join");
+                        }
+                    }
+                    Err(err) => tracing::error!(%err, "join the managers"),
+                }
+            });
         }
         Ok(RunningManager {
             manager,
@@ -455,6 +480,8 @@ impl SwarmNode {
         let mut state = active.state.clone();
         state.manager = manager;
         state.managers = managers.to_vec();
+        // A promoted node joins the Raft membership afresh; a demoted one has left it.
+        state.raft_joined = false;
         if manager && state.raft_id == 0 {
             state.raft_id = rand::random::<u64>().max(1);
         }
@@ -475,7 +502,7 @@ impl SwarmNode {
             let _ = std::fs::remove_dir_all(self.root.join("raft"));
         }
         // Demoted: the raft state is gone. Promoted: start from an empty log and join.
-        let new = self.activate(state, identity, None).await?;
+        let new = self.activate(state, identity, None, true).await?;
         *active = new;
         Ok(())
     }
@@ -547,13 +574,14 @@ impl Swarm for SwarmApi {
             advertise_addr: advertise_addr.clone(),
             listen_addr,
             managers: vec![advertise_addr.clone()],
+            raft_joined: false,
         };
         let _ = std::fs::remove_dir_all(&node.root);
         identity
             .save(&node.certs_dir())
             .map_err(|e| Status::internal(e.to_string()))?;
         node.save_state(&state)?;
-        let active = match node.activate(state, identity, Some(ca.clone())).await {
+        let active = match node.activate(state, identity, Some(ca.clone()), true).await {
             Ok(a) => a,
             Err(err) => {
                 let _ = std::fs::remove_dir_all(&node.root);
@@ -659,13 +687,14 @@ impl Swarm for SwarmApi {
             advertise_addr,
             listen_addr,
             managers,
+            raft_joined: false,
         };
         let _ = std::fs::remove_dir_all(&node.root);
         identity
             .save(&node.certs_dir())
             .map_err(|e| Status::internal(e.to_string()))?;
         node.save_state(&state)?;
-        let active = match node.activate(state, identity, None).await {
+        let active = match node.activate(state, identity, None, true).await {
             Ok(a) => a,
             Err(err) => {
                 let _ = std::fs::remove_dir_all(&node.root);
@@ -768,4 +797,15 @@ impl Swarm for SwarmApi {
             leader_addr,
         }))
     }
+}
+
+/// Writes `state.json` under `root` atomically.
+fn save_state(root: &Path, state: &SwarmState) -> Result<(), Status> {
+    std::fs::create_dir_all(root).map_err(|e| internal("create swarm dir")(e.to_string()))?;
+    let tmp = root.join("state.json.tmp");
+    let text =
+        serde_json::to_vec_pretty(state).map_err(|e| internal("encode state")(e.to_string()))?;
+    std::fs::write(&tmp, text).map_err(|e| internal("write state")(e.to_string()))?;
+    std::fs::rename(&tmp, root.join("state.json"))
+        .map_err(|e| internal("write state")(e.to_string()))
 }

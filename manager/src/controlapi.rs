@@ -216,6 +216,11 @@ impl ControlApi {
         })
     }
 
+    /// Commits one action; the entry's index is the object's new version.
+    async fn write_one(&self, action: StoreAction) -> Result<u64, Status> {
+        Ok(self.proposer.propose(vec![action]).await?)
+    }
+
     /// A node as answered: manager status filled from Raft.
     fn present_node(&self, node: &Node) -> Node {
         let mut node = node.clone();
@@ -295,13 +300,8 @@ impl ControlApi {
         }
         node.spec = Some(spec);
         touch(&mut node.meta);
-        let index = self
-            .proposer
-            .propose(vec![objects::update(node.clone())])
-            .await?;
-        if let Some(meta) = node.meta.as_mut() {
-            meta.version = index;
-        }
+        let index = self.write_one(objects::update(node.clone())).await?;
+        objects::set_version(&mut node.meta, index);
         Ok(UpdateNodeResponse {
             node: Some(self.present_node(&node)),
         })
@@ -375,13 +375,8 @@ impl ControlApi {
             update_status: None,
             spec_version: 1,
         };
-        let index = self
-            .proposer
-            .propose(vec![objects::create(service.clone())])
-            .await?;
-        if let Some(meta) = service.meta.as_mut() {
-            meta.version = index;
-        }
+        let index = self.write_one(objects::create(service.clone())).await?;
+        objects::set_version(&mut service.meta, index);
         Ok(CreateServiceResponse {
             service: Some(service),
         })
@@ -487,13 +482,8 @@ impl ControlApi {
         service.previous_spec = Some(current);
         service.spec = Some(spec);
         touch(&mut service.meta);
-        let index = self
-            .proposer
-            .propose(vec![objects::update(service.clone())])
-            .await?;
-        if let Some(meta) = service.meta.as_mut() {
-            meta.version = index;
-        }
+        let index = self.write_one(objects::update(service.clone())).await?;
+        objects::set_version(&mut service.meta, index);
         Ok(UpdateServiceResponse {
             service: Some(service),
         })

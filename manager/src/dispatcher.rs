@@ -11,6 +11,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
 use futures::Stream;
 use shoal_proto::cluster::v1::dispatcher_server::Dispatcher;
 use shoal_proto::cluster::v1::store_object::Object;
@@ -38,6 +39,12 @@ pub type ImageChunks = mpsc::Receiver<Result<Vec<u8>, Status>>;
 pub trait ImageExporter: Send + Sync + 'static {
     /// Streams `reference` as an OCI image-layout tar; `Ok(None)` when this node lacks it.
     fn export(&self, reference: &str) -> Result<Option<ImageChunks>, Status>;
+    /// Fetches `reference` from the manager at `source` into this node's store.
+    fn replicate(
+        &self,
+        reference: String,
+        source: String,
+    ) -> BoxFuture<'static, Result<(), Status>>;
 }
 
 /// Status reports of one RPC, and where to answer it.
@@ -107,27 +114,16 @@ impl DispatcherService {
             .insert(node_id.to_string(), Instant::now());
     }
 
-    /// Writes `change` to the node object, re-reading on version conflicts.
+    /// Writes `change` to the node object; a node removed meanwhile is left alone.
     async fn update_node(
         &self,
         node_id: &str,
         change: impl Fn(&mut Node) -> bool,
     ) -> Result<(), Status> {
-        for _ in 0..10 {
-            let Some(mut node) = self.store.read().nodes.get(node_id).cloned() else {
-                return Ok(());
-            };
-            if !change(&mut node) {
-                return Ok(());
-            }
-            touch(&mut node.meta);
-            match self.proposer.propose(vec![objects::update(node)]).await {
-                Ok(_) => return Ok(()),
-                Err(e) if e.is_conflict() => continue,
-                Err(e) => return Err(e.into()),
-            }
+        match crate::propose::update_node(&self.store, &*self.proposer, node_id, change).await {
+            Err(status) if status.code() == tonic::Code::NotFound => Ok(()),
+            other => other,
         }
-        Err(Status::aborted("node object keeps changing"))
     }
 
     /// Gives every node a full grace period to reach this manager before it is judged: called
@@ -456,6 +452,19 @@ impl Dispatcher for DispatcherRpc {
             .await
             .map_err(|_| Status::unavailable("dispatcher stopping"))??;
         Ok(Response::new(UpdateTaskStatusResponse {}))
+    }
+
+    async fn replicate_image(
+        &self,
+        req: Request<ReplicateImageRequest>,
+    ) -> Result<Response<ReplicateImageResponse>, Status> {
+        let caller = peer_identity(&req);
+        if !caller.is_some_and(|p| p.role == shoal_proto::transport::Role::Manager) {
+            return Err(Status::permission_denied("only managers replicate images"));
+        }
+        let req = req.into_inner();
+        self.images.replicate(req.reference, req.source).await?;
+        Ok(Response::new(ReplicateImageResponse {}))
     }
 
     type ExportImageStream = ImageStream;

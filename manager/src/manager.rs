@@ -26,7 +26,7 @@ use tonic::{Request, Response, Status};
 use crate::ca::RootCa;
 use crate::controlapi::{ControlApi, ControlRouter, ControlService, RaftControl, Route};
 use crate::dispatcher::{DispatcherContext, DispatcherRpc, DispatcherService, ImageExporter};
-use crate::objects::{self, id_of, new_meta, touch};
+use crate::objects::{self, id_of, new_meta};
 use crate::propose::{ProposeError, Proposer};
 use crate::raft::{Member, RaftNode, RaftRpcHooks, WriteError};
 use crate::store::Store;
@@ -688,10 +688,7 @@ impl Manager {
             .add_voter(req.raft_id, member)
             .await
             .map_err(|e| Status::from(propose_error(e)))?;
-        for _ in 0..10 {
-            let Some(mut node) = self.store.read().nodes.get(&req.node_id).cloned() else {
-                return Err(Status::not_found(format!("node {} not found", req.node_id)));
-            };
+        crate::propose::update_node(&self.store, &*self.proposer, &req.node_id, |node| {
             node.role = NodeRole::Manager as i32;
             node.manager_status = Some(ManagerStatus {
                 raft_id: req.raft_id,
@@ -701,14 +698,9 @@ impl Manager {
             if let Some(spec) = node.spec.as_mut() {
                 spec.desired_role = NodeRole::Manager as i32;
             }
-            touch(&mut node.meta);
-            match self.proposer.propose(vec![objects::update(node)]).await {
-                Ok(_) => return Ok(()),
-                Err(e) if e.is_conflict() => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        Err(Status::aborted("node object keeps changing"))
+            true
+        })
+        .await
     }
 }
 

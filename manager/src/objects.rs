@@ -33,6 +33,13 @@ pub fn touch(meta: &mut Option<Meta>) {
     }
 }
 
+/// Records the version an object was written at.
+pub fn set_version(meta: &mut Option<Meta>, version: u64) {
+    if let Some(meta) = meta {
+        meta.version = version;
+    }
+}
+
 /// The id in an object's metadata.
 pub fn id_of(meta: &Option<Meta>) -> &str {
     meta.as_ref().map_or("", |m| m.id.as_str())

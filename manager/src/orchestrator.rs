@@ -344,44 +344,15 @@ fn is_down(node: &Node) -> bool {
     node.status.as_ref().map(|s| s.state()) == Some(shoal_proto::cluster::v1::NodeState::Down)
 }
 
-/// Runs passes while `leading` is true: after every store change (debounced), and every second
-/// so restart delays and retries come due.
-pub async fn run(
-    store: Arc<Store>,
-    proposer: Arc<dyn Proposer>,
-    mut leading: watch::Receiver<bool>,
-) {
-    let mut changes = store.subscribe();
-    loop {
-        if !*leading.borrow() {
-            return;
-        }
-        let actions = {
-            let state = store.read();
-            let history = state
-                .cluster
-                .as_ref()
-                .and_then(|c| c.settings.as_ref())
-                .map_or(DEFAULT_HISTORY, |s| s.task_history_limit as usize);
-            reconcile(&state, history.max(1))
-        };
-        if !actions.is_empty() {
-            if let Err(err) = proposer.propose(actions).await {
-                if !err.is_conflict() {
-                    tracing::warn!(error = %err, "orchestrator write failed");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                continue;
-            }
-        }
-        tokio::select! {
-            _ = changes.recv() => {
-                // Debounce: a burst of changes (status reports) makes one pass.
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                while changes.try_recv().is_ok() {}
-            }
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = leading.changed() => {}
-        }
-    }
+/// Runs passes while `leading` is true (see [`crate::propose::leader_loop`]).
+pub async fn run(store: Arc<Store>, proposer: Arc<dyn Proposer>, leading: watch::Receiver<bool>) {
+    crate::propose::leader_loop("orchestrator", store, proposer, leading, |state| {
+        let history = state
+            .cluster
+            .as_ref()
+            .and_then(|c| c.settings.as_ref())
+            .map_or(DEFAULT_HISTORY, |s| s.task_history_limit as usize);
+        reconcile(state, history.max(1))
+    })
+    .await
 }

@@ -55,6 +55,73 @@ pub trait Proposer: Send + Sync + 'static {
     fn propose(&self, actions: Vec<StoreAction>) -> BoxFuture<'static, Result<u64, ProposeError>>;
 }
 
+/// Changes the node `node_id` with `change` (which returns whether it changed anything) and
+/// writes it, reading again when another writer got there first. A node that does not exist
+/// is `NotFound`.
+pub async fn update_node(
+    store: &Store,
+    proposer: &dyn Proposer,
+    node_id: &str,
+    change: impl Fn(&mut shoal_proto::cluster::v1::Node) -> bool,
+) -> Result<(), tonic::Status> {
+    for _ in 0..10 {
+        let Some(mut node) = store.read().nodes.get(node_id).cloned() else {
+            return Err(tonic::Status::not_found(format!(
+                "node {node_id} not found"
+            )));
+        };
+        if !change(&mut node) {
+            return Ok(());
+        }
+        crate::objects::touch(&mut node.meta);
+        match proposer.propose(vec![crate::objects::update(node)]).await {
+            Ok(_) => return Ok(()),
+            Err(e) if e.is_conflict() => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(tonic::Status::aborted(format!(
+        "node {node_id} keeps changing"
+    )))
+}
+
+/// Runs `pass` over the store while `leading` is true: after every store change (debounced,
+/// so a burst of status reports makes one pass) and every second, so that delays come due
+/// and refused writes are retried. Each pass's actions are one Raft entry.
+pub async fn leader_loop(
+    name: &'static str,
+    store: Arc<Store>,
+    proposer: Arc<dyn Proposer>,
+    mut leading: tokio::sync::watch::Receiver<bool>,
+    pass: impl Fn(&crate::store::State) -> Vec<StoreAction>,
+) {
+    use std::time::Duration;
+    let mut changes = store.subscribe();
+    loop {
+        if !*leading.borrow() {
+            return;
+        }
+        let actions = pass(&store.read());
+        if !actions.is_empty() {
+            if let Err(err) = proposer.propose(actions).await {
+                if !err.is_conflict() {
+                    tracing::warn!(error = %err, "{name} write failed");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                continue;
+            }
+        }
+        tokio::select! {
+            _ = changes.recv() => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                while changes.try_recv().is_ok() {}
+            }
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = leading.changed() => {}
+        }
+    }
+}
+
 /// Applies batches directly to a store, numbering them itself: one process, no replication.
 /// For tests of the modules above the store.
 #[derive(Debug)]

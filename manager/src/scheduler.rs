@@ -7,7 +7,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use shoal_proto::cluster::v1::{Node, StoreAction, Task, TaskState};
 use tokio::sync::watch;
@@ -165,34 +164,7 @@ pub fn schedule(state: &State) -> Vec<StoreAction> {
     actions
 }
 
-/// Runs passes while `leading` is true: after store changes (debounced) and every second.
-pub async fn run(
-    store: Arc<Store>,
-    proposer: Arc<dyn Proposer>,
-    mut leading: watch::Receiver<bool>,
-) {
-    let mut changes = store.subscribe();
-    loop {
-        if !*leading.borrow() {
-            return;
-        }
-        let actions = schedule(&store.read());
-        if !actions.is_empty() {
-            if let Err(err) = proposer.propose(actions).await {
-                if !err.is_conflict() {
-                    tracing::warn!(error = %err, "scheduler write failed");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                continue;
-            }
-        }
-        tokio::select! {
-            _ = changes.recv() => {
-                tokio::time::sleep(Duration::from_millis(10)).await;
-                while changes.try_recv().is_ok() {}
-            }
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = leading.changed() => {}
-        }
-    }
+/// Runs passes while `leading` is true (see [`crate::propose::leader_loop`]).
+pub async fn run(store: Arc<Store>, proposer: Arc<dyn Proposer>, leading: watch::Receiver<bool>) {
+    crate::propose::leader_loop("scheduler", store, proposer, leading, schedule).await
 }

@@ -22,6 +22,13 @@ impl ImageExporter for NoImages {
     fn export(&self, _: &str) -> Result<Option<ImageChunks>, tonic::Status> {
         Ok(None)
     }
+    fn replicate(
+        &self,
+        reference: String,
+        _: String,
+    ) -> futures::future::BoxFuture<'static, Result<(), tonic::Status>> {
+        Box::pin(async move { Err(tonic::Status::not_found(reference)) })
+    }
 }
 
 struct Fixture {

@@ -805,9 +805,19 @@ fn leader_failure_and_manager_restarts() {
         return;
     }
     let c = Cluster::up(3, 1);
-    // Images are not replicated between managers: a node lacking one fetches it from any
-    // manager that has it, so with the importing manager dead only the others' copies help.
-    import_demo(&c, &["manager1", "manager2", "manager3"]);
+    // An image loaded on one manager is replicated to the others, so it outlives the manager
+    // it was loaded on.
+    import_demo(&c, &["manager1"]);
+    for m in ["manager2", "manager3"] {
+        wait_until(CONVERGE, &format!("the image replicated to {m}"), || {
+            let images = c.shoal_ok(m, &["image", "ls"]);
+            if images.contains("demo") {
+                Ok(())
+            } else {
+                Err(images)
+            }
+        });
+    }
     create_service(&c, "manager1", "first", &["--replicas", "3"], &SLEEP);
     wait_running(&c, "manager1", "first", 3, |_| true);
 

@@ -98,6 +98,10 @@ impl Images for ImagesApi {
         let image =
             blocking(move || Ok(runtime.images().import(&mut reader, &options.reference)?)).await?;
         tracing::info!(image.id = %image.id, tags = ?image.repo_tags, "imported");
+        self.daemon
+            .swarm
+            .replicate_images(image.repo_tags.clone())
+            .await;
         Ok(Response::new(pb::ImportResponse {
             image: Some(image_to_wire(&image)),
         }))
@@ -134,6 +138,8 @@ impl Images for ImagesApi {
         for image in &images {
             tracing::info!(image.id = %image.id, tags = ?image.repo_tags, "loaded");
         }
+        let tags = images.iter().flat_map(|i| i.repo_tags.clone()).collect();
+        self.daemon.swarm.replicate_images(tags).await;
         Ok(Response::new(pb::LoadResponse {
             images: images.iter().map(image_to_wire).collect(),
         }))

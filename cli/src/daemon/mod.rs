@@ -92,6 +92,8 @@ pub struct Daemon {
     /// Becomes `true` when the daemon stops: long streams (follow, exec) end then, so that the
     /// server's graceful shutdown does not wait for containers to exit.
     pub stopping: watch::Receiver<bool>,
+    /// The node's swarm membership.
+    pub swarm: Arc<swarm::SwarmNode>,
 }
 
 /// Serves the node API on `listener` until `shutdown` completes. Takes the data-root lock
@@ -122,6 +124,7 @@ pub async fn run(
         runtime,
         reaper: Arc::clone(&reaper),
         stopping,
+        swarm: Arc::clone(&swarm),
     });
     tracing::info!(data_root = %root.display(), "shoald serving");
     let shutdown = async move {

@@ -16,6 +16,7 @@ use shoal_manager::controlapi::{ControlApi, ControlRouter, Route};
 use shoal_manager::dispatcher::ImageExporter;
 use shoal_manager::manager::{Manager, ManagerConfig};
 use shoal_proto::cluster::v1::ca_client::CaClient;
+use shoal_proto::cluster::v1::dispatcher_client::DispatcherClient;
 use shoal_proto::cluster::v1::swarm_server::Swarm;
 use shoal_proto::cluster::v1::*;
 use shoal_proto::transport::{self, Identity, Role, ServerConfigCell};
@@ -124,6 +125,25 @@ fn interface_addr(name: &str) -> Option<std::net::IpAddr> {
     })
 }
 
+/// `--advertise-addr` with the default port, or the node's one address when not given.
+fn advertise_addr(given: &str) -> Result<String, Status> {
+    if given.is_empty() {
+        default_advertise()
+    } else {
+        with_port(given)
+    }
+}
+
+/// `--listen-addr` with the default port, or all addresses on the advertised port.
+fn listen_addr(given: &str, advertise: &str) -> Result<String, Status> {
+    if given.is_empty() {
+        let port = advertise.rsplit_once(':').map_or("4247", |(_, p)| p);
+        Ok(format!("0.0.0.0:{port}"))
+    } else {
+        with_port(given)
+    }
+}
+
 /// Docker's choice when no --advertise-addr is given: the one non-loopback IPv4 address.
 fn default_advertise() -> Result<String, Status> {
     let addrs: Vec<(String, std::net::Ipv4Addr)> = nix::ifaddrs::getifaddrs()
@@ -174,8 +194,13 @@ fn description(runtime: &Runtime) -> NodeDescription {
     }
 }
 
-/// Exports images of the node's store for other nodes' agents.
-struct Exporter(Runtime);
+/// Exports images of the node's store for other nodes' agents, and fetches images other
+/// managers loaded.
+struct Exporter {
+    runtime: Runtime,
+    tls: Arc<rustls::ClientConfig>,
+    fetcher: Arc<shoal_worker::images::ImageFetcher>,
+}
 
 /// Writes into a channel in chunks.
 struct ChunkWriter {
@@ -207,11 +232,11 @@ impl ImageExporter for Exporter {
         &self,
         reference: &str,
     ) -> Result<Option<shoal_manager::dispatcher::ImageChunks>, Status> {
-        if self.0.images().resolve(reference).is_err() {
+        if self.runtime.images().resolve(reference).is_err() {
             return Ok(None);
         }
         let (tx, rx) = mpsc::channel(4);
-        let rt = self.0.clone();
+        let rt = self.runtime.clone();
         let reference = reference.to_string();
         tokio::task::spawn_blocking(move || {
             let mut out = ChunkWriter {
@@ -228,6 +253,26 @@ impl ImageExporter for Exporter {
             }
         });
         Ok(Some(rx))
+    }
+
+    fn replicate(
+        &self,
+        reference: String,
+        source: String,
+    ) -> futures::future::BoxFuture<'static, Result<(), Status>> {
+        let (runtime, tls, fetcher) = (
+            self.runtime.clone(),
+            Arc::clone(&self.tls),
+            Arc::clone(&self.fetcher),
+        );
+        Box::pin(async move {
+            let channel = transport::channel(&source, tls)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            fetcher
+                .ensure(&runtime, &reference, &[(source, channel)])
+                .await
+                .map_err(|e| Status::unavailable(e.to_string()))
+        })
     }
 }
 
@@ -333,7 +378,12 @@ impl SwarmNode {
             identity: identity.clone(),
             heartbeat: shoal_manager::dispatcher::DEFAULT_HEARTBEAT,
         };
-        let manager = Manager::start(cfg, Arc::new(Exporter(self.runtime.clone())))
+        let exporter = Exporter {
+            runtime: self.runtime.clone(),
+            tls: transport::client_config(identity).map_err(|e| Status::internal(e.to_string()))?,
+            fetcher: Arc::default(),
+        };
+        let manager = Manager::start(cfg, Arc::new(exporter))
             .await
             .map_err(|e| Status::internal(format!("start the manager: {e}")))?;
         let (stop, stopped) = oneshot::channel::<()>();
@@ -507,6 +557,50 @@ impl SwarmNode {
         Ok(())
     }
 
+    /// On a manager, has every other manager fetch `references` from this one (after `image
+    /// load|import`), in the background: the cluster's images then outlive this manager.
+    pub async fn replicate_images(&self, references: Vec<String>) {
+        let guard = self.active.lock().await;
+        let Some(active) = guard.as_ref().filter(|a| a.manager.is_some()) else {
+            return;
+        };
+        let me = active.state.advertise_addr.clone();
+        let others: Vec<String> = active
+            .manager
+            .as_ref()
+            .map(|m| m.manager.managers())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|a| *a != me)
+            .collect();
+        let Ok(tls) = transport::client_config(&active.identity) else {
+            return;
+        };
+        drop(guard);
+        for addr in others {
+            let Ok(channel) = transport::channel(&addr, Arc::clone(&tls)) else {
+                continue;
+            };
+            let (references, me) = (references.clone(), me.clone());
+            tokio::spawn(async move {
+                let mut client = DispatcherClient::new(channel);
+                for reference in references {
+                    let req = ReplicateImageRequest {
+                        reference: reference.clone(),
+                        source: me.clone(),
+                    };
+                    match client.replicate_image(req).await {
+                        Ok(_) => tracing::info!(%reference, manager = %addr, "image replicated"),
+                        Err(err) => tracing::warn!(
+                            %reference, manager = %addr, error = %err.message(),
+                            "image not replicated"
+                        ),
+                    }
+                }
+            });
+        }
+    }
+
     fn router_current(&self) -> Current {
         self.current
             .lock()
@@ -547,19 +641,8 @@ impl Swarm for SwarmApi {
         if guard.is_some() {
             return Err(Status::failed_precondition(ALREADY_IN_SWARM));
         }
-        let advertise_addr = if req.advertise_addr.is_empty() {
-            default_advertise()?
-        } else {
-            with_port(&req.advertise_addr)?
-        };
-        let listen_addr = if req.listen_addr.is_empty() {
-            format!(
-                "0.0.0.0:{}",
-                advertise_addr.rsplit_once(':').map_or("4247", |(_, p)| p)
-            )
-        } else {
-            with_port(&req.listen_addr)?
-        };
+        let advertise_addr = advertise_addr(&req.advertise_addr)?;
+        let listen_addr = listen_addr(&req.listen_addr, &advertise_addr)?;
         let node_id = transport::random_id();
         let cluster_id = transport::random_id();
         let ca = RootCa::generate().map_err(|e| Status::internal(e.to_string()))?;
@@ -639,11 +722,7 @@ impl Swarm for SwarmApi {
         }
         let (key_pem, csr_pem) =
             transport::generate_csr("").map_err(|e| Status::internal(e.to_string()))?;
-        let advertise_addr = if req.advertise_addr.is_empty() {
-            default_advertise()?
-        } else {
-            with_port(&req.advertise_addr)?
-        };
+        let advertise_addr = advertise_addr(&req.advertise_addr)?;
         let anonymous = transport::anonymous_client_config(&ca_pem)
             .map_err(|e| Status::internal(e.to_string()))?;
         let channel = transport::channel(&remote, anonymous)
@@ -663,14 +742,7 @@ impl Swarm for SwarmApi {
             key_pem,
             ca_pem,
         };
-        let listen_addr = if req.listen_addr.is_empty() {
-            format!(
-                "0.0.0.0:{}",
-                advertise_addr.rsplit_once(':').map_or("4247", |(_, p)| p)
-            )
-        } else {
-            with_port(&req.listen_addr)?
-        };
+        let listen_addr = listen_addr(&req.listen_addr, &advertise_addr)?;
         let mut managers = issued.managers;
         if managers.is_empty() {
             managers.push(remote);

@@ -45,6 +45,8 @@ shoal_run() {
   local nodes
   nodes=$("${cl[@]}" ls --name "$name" | awk 'NR > 1 { print $1 }')
   "${cl[@]}" shoal --name "$name" manager1 image import "$work/demo.tar" demo:latest >/dev/null
+  sleep 3
+  echo "$label, idle before any service: $(rss_line "$name")"
   for n in "${sizes[@]}"; do
     local t0 t1 t2
     t0=$(now)
@@ -72,6 +74,17 @@ shoal_run() {
 }
 
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+# RSS of manager1 (the leader), manager2 and worker1 when the cluster has them.
+rss_line() {
+  local ls_out line=""
+  ls_out=$("$repo/deploy/cluster.sh" ls --name "$1")
+  for node in manager1 manager2 worker1; do
+    local pid
+    pid=$(awk -v n="$node" '$1 == n { print $4 }' <<<"$ls_out")
+    [ -n "$pid" ] && line+="$node $(rss_kb "$pid") kB  "
+  done
+  echo "RSS: $line"
+}
 
 # --- Docker Swarm -----------------------------------------------------------------------
 docker_ns=shoal-bench-docker
@@ -96,7 +109,8 @@ docker_up() {
   ip -n "$docker_ns" addr add 198.18.250.1/24 dev eth0
   ip -n "$docker_ns" link set eth0 up
   dockerd_root=$(mktemp -d /var/lib/shoal-bench-docker.XXXXXX)
-  ip netns exec "$docker_ns" dockerd --data-root "$dockerd_root/data" --exec-root "$dockerd_root/exec" \
+  # nsenter, not `ip netns exec`: the latter remounts /sys and hides the cgroup mounts.
+  nsenter --net="/run/netns/$docker_ns" dockerd --data-root "$dockerd_root/data" --exec-root "$dockerd_root/exec" \
     -H "unix://$work/docker.sock" --pidfile "$dockerd_root/docker.pid" \
     >"$work/dockerd.log" 2>&1 &
   dockerd_pid=$!
@@ -130,8 +144,7 @@ echo "== shoal, one node"
   --bin "$bin" >/dev/null
 shoal_run bench1 "shoal 1 node"
 sleep 3
-m_pid=$("$repo/deploy/cluster.sh" ls --name bench1 | awk '$1 == "manager1" { print $4 }')
-echo "idle manager (1-node cluster) RSS: $(rss_kb "$m_pid") kB"
+echo "shoal 1 node, idle after the runs: $(rss_line bench1)"
 "$repo/deploy/cluster.sh" down --name bench1 >/dev/null
 
 echo "== shoal, 3 managers + 2 workers"
@@ -139,10 +152,7 @@ echo "== shoal, 3 managers + 2 workers"
   --bin "$bin" >/dev/null
 shoal_run bench5 "shoal 3+2"
 sleep 3
-ls_out=$("$repo/deploy/cluster.sh" ls --name bench5)
-echo "idle leader RSS: $(rss_kb "$(awk '$1 == "manager1" { print $4 }' <<<"$ls_out")") kB;" \
-  "idle follower RSS: $(rss_kb "$(awk '$1 == "manager2" { print $4 }' <<<"$ls_out")") kB;" \
-  "idle worker RSS: $(rss_kb "$(awk '$1 == "worker1" { print $4 }' <<<"$ls_out")") kB"
+echo "shoal 3+2, idle after the runs: $(rss_line bench5)"
 "$repo/deploy/cluster.sh" down --name bench5 >/dev/null
 
 if [ -z "${SKIP_DOCKER:-}" ]; then

@@ -285,6 +285,39 @@ async fn desired_changed(rx: &mut watch::Receiver<Task>, desired: i32) -> Result
         .map_err(|_| ())
 }
 
+/// Waits for the container's exit without holding a thread (a node may run hundreds of
+/// tasks; tokio's blocking pool has 512 threads): on the supervisor's pidfd, then reads the
+/// recorded exit.
+async fn wait_exit(
+    rt: Runtime,
+    id: String,
+) -> shoal_runtime::container::Result<shoal_runtime::State> {
+    let fd = {
+        let (rt, id) = (rt.clone(), id.clone());
+        tokio::task::spawn_blocking(move || rt.exit_fd(&id))
+            .await
+            .unwrap_or(Ok(None))?
+    };
+    if let Some(fd) = fd {
+        // SAFETY: the `OwnedFd` is moved into the `AsyncFd`, so the descriptor stays open and
+        // refers to the same pidfd until the `AsyncFd` is dropped.
+        let registered = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE)
+        };
+        match registered.map_err(|e| e.into_parts().1) {
+            // A pidfd turns readable once the process is gone, and stays so.
+            Ok(fd) => {
+                let _ = fd.readable().await;
+            }
+            Err(err) => tracing::warn!(container = %id, %err, "watch the supervisor's pidfd"),
+        }
+    }
+    let id2 = id.clone();
+    tokio::task::spawn_blocking(move || rt.wait(&id2))
+        .await
+        .unwrap_or(Err(shoal_runtime::ContainerError::NotFound(id)))
+}
+
 /// Drives one task.
 async fn control(
     shared: Shared,
@@ -395,9 +428,7 @@ async fn control(
         let Some(id) = container.clone() else {
             continue;
         };
-        let rt2 = rt.clone();
-        let id2 = id.clone();
-        let mut waiter = tokio::task::spawn_blocking(move || rt2.wait(&id2));
+        let mut waiter = tokio::spawn(wait_exit(rt.clone(), id.clone()));
         // An adopted container reports its current state first.
         if !reported_running {
             reported_running = true;
@@ -438,7 +469,7 @@ async fn control(
                 done = true;
             }
             changed = wait_change(&mut rx) => {
-                // The waiter's thread ends with the container.
+                waiter.abort();
                 if changed.is_err() { return; }
             }
         }

@@ -29,8 +29,6 @@ use crate::store::{Change, State, Store};
 pub trait RaftControl: Send + Sync + 'static {
     /// Raft id of the current leader.
     fn leader_raft_id(&self) -> Option<u64>;
-    /// Whether the leader hears from the member with `raft_id`.
-    fn reachable(&self, raft_id: u64) -> bool;
     /// Number of voting members.
     fn voters(&self) -> usize;
     /// Removes a manager from the Raft membership (demote, rm --force).
@@ -100,6 +98,14 @@ fn check_name(name: &str) -> Result<(), Status> {
     }
 }
 
+/// More replicas than any cluster here could run: a typo, not a wish. Every leader would
+/// otherwise build one entry of that many tasks.
+const MAX_REPLICAS: u64 = 100_000;
+/// Largest cpu (nano-CPUs) or memory (bytes) figure accepted, so that sums cannot overflow.
+const MAX_RESOURCE: i64 = 1 << 53;
+/// Longest restart delay or window accepted (a year), so that time arithmetic cannot overflow.
+const MAX_DURATION_NANOS: i64 = 365 * 24 * 3600 * 1_000_000_000;
+
 /// Checks a service spec as Swarm's control API does, and fills in defaults.
 fn validate_spec(spec: &mut ServiceSpec) -> Result<(), Status> {
     check_name(&spec.name)?;
@@ -125,6 +131,9 @@ fn validate_spec(spec: &mut ServiceSpec) -> Result<(), Status> {
             if r.nano_cpus < 0 || r.memory_bytes < 0 {
                 return Err(Status::invalid_argument("resources must not be negative"));
             }
+            if r.nano_cpus > MAX_RESOURCE || r.memory_bytes > MAX_RESOURCE {
+                return Err(Status::invalid_argument("resources must be under 2^53"));
+            }
         }
     }
     if let Some(restart) = &task.restart {
@@ -133,9 +142,22 @@ fn validate_spec(spec: &mut ServiceSpec) -> Result<(), Status> {
                 "restart delay and window must not be negative",
             ));
         }
+        if restart.delay > MAX_DURATION_NANOS || restart.window > MAX_DURATION_NANOS {
+            return Err(Status::invalid_argument(
+                "restart delay and window must be under a year",
+            ));
+        }
     }
     if spec.mode.is_none() {
         spec.mode = Some(Mode::Replicated(ReplicatedMode { replicas: 1 }));
+    }
+    if let Some(Mode::Replicated(r)) = &spec.mode {
+        if r.replicas > MAX_REPLICAS {
+            return Err(Status::invalid_argument(format!(
+                "replicas must be at most {MAX_REPLICAS}, not {}",
+                r.replicas
+            )));
+        }
     }
     Ok(())
 }
@@ -186,14 +208,20 @@ fn random_name(taken: &HashSet<&str>) -> String {
         "wozniak",
         "yalow",
     ];
-    loop {
+    for attempt in 0u32.. {
         let l = LEFT[rand::random_range(0..LEFT.len())];
         let r = RIGHT[rand::random_range(0..RIGHT.len())];
-        let name = format!("{l}_{r}");
+        // Docker too appends a number once plain pairs keep colliding.
+        let name = if attempt < 16 {
+            format!("{l}_{r}")
+        } else {
+            format!("{l}_{r}{}", rand::random_range(0..1_000_000u32))
+        };
         if !taken.contains(name.as_str()) {
             return name;
         }
     }
+    unreachable!("the attempts are unbounded")
 }
 
 fn task_spec_changed(old: &ServiceSpec, new: &ServiceSpec) -> bool {
@@ -221,13 +249,17 @@ impl ControlApi {
         Ok(self.proposer.propose(vec![action]).await?)
     }
 
-    /// A node as answered: manager status filled from Raft.
+    /// A node as answered: manager status filled from Raft. Every manager also runs an agent
+    /// that beats to the leader, so a manager is reachable while its node is ready. (Computed
+    /// from the node itself: callers hold the store's read lock, which must not be taken
+    /// twice on one thread.)
     fn present_node(&self, node: &Node) -> Node {
         let mut node = node.clone();
+        let ready = node.status.as_ref().map(|s| s.state()) == Some(NodeState::Ready);
         if let Some(ms) = node.manager_status.as_mut() {
             let leader = self.raft.leader_raft_id() == Some(ms.raft_id);
             ms.leader = leader;
-            ms.reachability = if leader || self.raft.reachable(ms.raft_id) {
+            ms.reachability = if leader || ready {
                 "reachable"
             } else {
                 "unreachable"
@@ -288,15 +320,43 @@ impl ControlApi {
             let raft_id = node.manager_status.as_ref().map_or(0, |m| m.raft_id);
             // Demoting a voter shrinks the quorum; refuse when the rest cannot form one.
             let voters = self.raft.voters();
-            let reachable_after = self.reachable_voters_except(raft_id);
+            let reachable_after = {
+                let state = self.store.read();
+                state
+                    .nodes
+                    .values()
+                    .filter(|n| {
+                        n.manager_status
+                            .as_ref()
+                            .is_some_and(|m| m.raft_id != raft_id)
+                    })
+                    .map(|n| self.present_node(n))
+                    .filter(|n| {
+                        n.manager_status
+                            .as_ref()
+                            .is_some_and(|m| m.reachability == "reachable")
+                    })
+                    .count()
+            };
             if voters > 1 && reachable_after * 2 < voters {
                 return Err(Status::failed_precondition(
                     "can't demote: the remaining managers would not have a quorum",
                 ));
             }
             self.raft.remove_member(raft_id).await?;
-            node.role = NodeRole::Worker as i32;
-            node.manager_status = None;
+            // The membership changed: the node must follow even if it changed meanwhile.
+            let id = id_of(&node.meta).to_string();
+            crate::propose::update_node(&self.store, &*self.proposer, &id, |n| {
+                n.role = NodeRole::Worker as i32;
+                n.manager_status = None;
+                n.spec = Some(spec.clone());
+                true
+            })
+            .await?;
+            let state = self.store.read();
+            return Ok(UpdateNodeResponse {
+                node: state.nodes.get(&id).map(|n| self.present_node(n)),
+            });
         }
         node.spec = Some(spec);
         touch(&mut node.meta);
@@ -305,19 +365,6 @@ impl ControlApi {
         Ok(UpdateNodeResponse {
             node: Some(self.present_node(&node)),
         })
-    }
-
-    fn reachable_voters_except(&self, raft_id: u64) -> usize {
-        let state = self.store.read();
-        state
-            .nodes
-            .values()
-            .filter_map(|n| n.manager_status.as_ref())
-            .filter(|m| m.raft_id != raft_id)
-            .filter(|m| {
-                self.raft.leader_raft_id() == Some(m.raft_id) || self.raft.reachable(m.raft_id)
-            })
-            .count()
     }
 
     /// `node rm`.

@@ -107,7 +107,9 @@ impl DispatcherService {
         Ok(node.node_id)
     }
 
-    fn beat(&self, node_id: &str) {
+    /// Records a sign of life from `node_id` (also called for a node that just joined, so
+    /// it is not judged before its first session).
+    pub fn beat(&self, node_id: &str) {
         self.heartbeats
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -168,7 +170,8 @@ impl DispatcherService {
     }
 
     async fn flush_statuses(&self, batch: Vec<StatusBatch>) {
-        let mut result = Ok(());
+        // Stays an error if every attempt conflicts: the agent then reports again.
+        let mut result = Err(Status::aborted("task status kept changing; report again"));
         for _ in 0..10 {
             let actions = {
                 let state = self.store.read();

@@ -102,7 +102,6 @@ impl Proposer for RaftProposer {
 /// What the control API and the dispatcher read of Raft and the store.
 struct View {
     raft: RaftNode,
-    store: Arc<Store>,
     advertise_addr: String,
     /// Leadership as confirmed by a quorum (see `Manager::follow_leadership`).
     leading: watch::Receiver<bool>,
@@ -117,16 +116,6 @@ impl View {
 impl RaftControl for View {
     fn leader_raft_id(&self) -> Option<u64> {
         self.raft.leader().map(|(id, _)| id)
-    }
-    fn reachable(&self, raft_id: u64) -> bool {
-        // Every manager also runs an agent that beats to the leader: a manager is reachable
-        // while its node is ready.
-        self.store.read().nodes.values().any(|n| {
-            n.manager_status
-                .as_ref()
-                .is_some_and(|m| m.raft_id == raft_id)
-                && n.status.as_ref().map(|s| s.state()) == Some(NodeState::Ready)
-        })
     }
     fn voters(&self) -> usize {
         self.raft.members().len()
@@ -237,7 +226,6 @@ impl Manager {
         let leading = watch::channel(false).0;
         let view = Arc::new(View {
             raft: raft.clone(),
-            store: Arc::clone(&store),
             advertise_addr: cfg.advertise_addr.clone(),
             leading: leading.subscribe(),
         });
@@ -520,8 +508,25 @@ impl Manager {
         // Members only (not just managers) for Control: a member's certificate role is
         // checked below in addition, so a removed manager's certificate stops working too.
         let control_auth = {
-            let members_only = members_only.clone();
-            move |req: Request<()>| managers_only(req).and_then(&members_only)
+            let store = Arc::clone(&self.store);
+            move |req: Request<()>| {
+                let req = managers_only(req)?;
+                // The store's role, not only the certificate's: a demoted or removed manager
+                // keeps its old certificate until it expires.
+                let node = peer_identity(&req).map(|p| p.node_id).unwrap_or_default();
+                let is_manager = store
+                    .read()
+                    .nodes
+                    .get(&node)
+                    .is_some_and(|n| n.role() == NodeRole::Manager);
+                if is_manager {
+                    Ok(req)
+                } else {
+                    Err(Status::permission_denied(format!(
+                        "node {node} is not a manager of the swarm"
+                    )))
+                }
+            }
         };
         let raft_auth = {
             let cluster_id = cluster_id.clone();
@@ -593,9 +598,15 @@ impl Manager {
                 "invalid join token: it was made for another swarm's CA",
             ));
         }
-        let role = if token.secret == cluster.manager_secret {
+        let is = |secret: &str| {
+            token.same_secret(&transport::token::JoinToken {
+                digest: token.digest.clone(),
+                secret: secret.to_string(),
+            })
+        };
+        let role = if is(&cluster.manager_secret) {
             Role::Manager
-        } else if token.secret == cluster.worker_secret {
+        } else if is(&cluster.worker_secret) {
             Role::Worker
         } else {
             return Err(Status::permission_denied(
@@ -630,6 +641,7 @@ impl Manager {
             last_heartbeat: 0,
         };
         self.proposer.propose(vec![objects::create(node)]).await?;
+        self.dispatcher.beat(&node_id);
         tracing::info!(node = %node_id, ?role, "node joined");
         Ok(IssueNodeCertificateResponse {
             node_id,

@@ -212,7 +212,8 @@ fn reconcile_replicated(
         } else if is_terminal(state_of(newest)) {
             if let Some(delay) = restart_decision(service, newest) {
                 actions.push(objects::update(with_desired(newest, TaskState::Shutdown)));
-                let not_before = now + i64::try_from(delay.as_nanos()).unwrap_or(0);
+                let not_before =
+                    now.saturating_add(i64::try_from(delay.as_nanos()).unwrap_or(i64::MAX));
                 actions.push(objects::create(new_task(
                     service,
                     slot,
@@ -283,7 +284,8 @@ fn reconcile_global(
         if is_terminal(state_of(newest)) {
             if let Some(delay) = restart_decision(service, newest) {
                 actions.push(objects::update(with_desired(newest, TaskState::Shutdown)));
-                let not_before = now + i64::try_from(delay.as_nanos()).unwrap_or(0);
+                let not_before =
+                    now.saturating_add(i64::try_from(delay.as_nanos()).unwrap_or(i64::MAX));
                 actions.push(objects::create(new_task(
                     service,
                     0,

@@ -83,8 +83,8 @@ pub fn schedule(state: &State) -> Vec<StoreAction> {
             l.tasks += 1;
             *l.per_service.entry(task.service_id.clone()).or_default() += 1;
             let (cpu, memory) = reservations(task);
-            l.cpu += cpu;
-            l.memory += memory;
+            l.cpu = l.cpu.saturating_add(cpu);
+            l.memory = l.memory.saturating_add(memory);
         }
     }
     let mut todo: Vec<&Task> = state.tasks.values().filter(|t| pending(t)).collect();
@@ -116,8 +116,8 @@ pub fn schedule(state: &State) -> Vec<StoreAction> {
             }
             let l = &load[id.as_str()];
             let desc = node.description.clone().unwrap_or_default();
-            let cpu_ok = cpu == 0 || l.cpu + cpu <= desc.nano_cpus;
-            let mem_ok = memory == 0 || l.memory + memory <= desc.memory_bytes;
+            let cpu_ok = cpu == 0 || l.cpu.saturating_add(cpu) <= desc.nano_cpus;
+            let mem_ok = memory == 0 || l.memory.saturating_add(memory) <= desc.memory_bytes;
             if !cpu_ok || !mem_ok {
                 no_resources += 1;
                 continue;
@@ -139,8 +139,8 @@ pub fn schedule(state: &State) -> Vec<StoreAction> {
                 let l = load.get_mut(node_id.as_str()).expect("load has every node");
                 l.tasks += 1;
                 *l.per_service.entry(task.service_id.clone()).or_default() += 1;
-                l.cpu += cpu;
-                l.memory += memory;
+                l.cpu = l.cpu.saturating_add(cpu);
+                l.memory = l.memory.saturating_add(memory);
                 status.state = TaskState::Assigned as i32;
                 status.timestamp = now;
                 status.message = "scheduler assigned task to node".into();

@@ -33,6 +33,8 @@ impl ImageExporter for NoImages {
 
 struct Fixture {
     _dir: tempfile::TempDir,
+    /// The first manager's own identity.
+    identity: Identity,
     addr: String,
     ca: RootCa,
     cluster_id: String,
@@ -74,6 +76,7 @@ async fn manager() -> Fixture {
         .unwrap();
     Fixture {
         _dir: dir,
+        identity,
         addr,
         ca,
         cluster_id,
@@ -168,9 +171,16 @@ async fn tokens_are_checked_and_roles_authorize_rpcs() {
         .unwrap_err();
     assert_eq!(err.code(), Code::Unauthenticated, "{err:?}");
 
-    // A manager token gives a manager certificate, which the control API accepts.
+    // A manager token gives a manager certificate; the control API answers it only once the
+    // node is a manager in the store (in the Raft membership), not on the certificate alone.
     let manager = f.join(f.token(true)).await.unwrap();
     assert_eq!(manager.peer().unwrap().role, Role::Manager);
+    let err = ControlClient::new(f.channel(&manager))
+        .list_nodes(ListNodesRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    let manager = f.identity.clone();
     let nodes = ControlClient::new(f.channel(&manager))
         .list_nodes(ListNodesRequest {})
         .await

@@ -21,9 +21,6 @@ impl RaftControl for NoRaft {
     fn leader_raft_id(&self) -> Option<u64> {
         Some(1)
     }
-    fn reachable(&self, _: u64) -> bool {
-        true
-    }
     fn voters(&self) -> usize {
         1
     }

@@ -114,11 +114,14 @@ pub async fn run(
         let mut stream = match opened {
             Ok(s) => s.into_inner(),
             Err(status) => {
-                if let Some(leader) = status
+                let hint = status
                     .metadata()
                     .get(LEADER_METADATA)
                     .and_then(|v| v.to_str().ok())
-                {
+                    // A manager that names itself has not had its leadership confirmed yet:
+                    // back off as for any refusal rather than ask it again at once.
+                    .filter(|leader| *leader != addr);
+                if let Some(leader) = hint {
                     known.retain(|a| a != leader);
                     known.insert(0, leader.to_string());
                     next = 0;
@@ -139,11 +142,15 @@ pub async fn run(
         backoff = Duration::from_millis(100);
         client_tx.send_replace(Some(client.clone()));
         state.send_modify(|s| s.connected = true);
-        let heartbeat = tokio::spawn(heartbeat_loop(client.clone()));
+        let mut heartbeat = tokio::spawn(heartbeat_loop(client.clone()));
         loop {
             let message = tokio::select! {
                 m = stream.message() => m,
                 _ = stop.changed() => break,
+                _ = &mut heartbeat => {
+                    tracing::info!(manager = %addr, "heartbeats fail: looking for the leader");
+                    break;
+                }
             };
             let message = match message {
                 Ok(Some(m)) => m,
@@ -201,17 +208,29 @@ pub async fn run(
     reporter.abort();
 }
 
+/// Beats until three in a row fail (the manager is gone or no longer leads): the session is
+/// then over.
 async fn heartbeat_loop(mut client: DispatcherClient<Channel>) {
     let mut period = Duration::from_secs(1);
+    let mut failed = 0;
     loop {
-        match client.heartbeat(HeartbeatRequest {}).await {
-            Ok(r) => {
+        let beat = tokio::time::timeout(period, client.heartbeat(HeartbeatRequest {})).await;
+        match beat {
+            Ok(Ok(r)) => {
+                failed = 0;
                 let ms = r.into_inner().period_ms;
                 if ms > 0 {
                     period = Duration::from_millis(u64::from(ms));
                 }
             }
-            Err(status) => tracing::debug!(error = %status.message(), "heartbeat failed"),
+            Ok(Err(status)) => {
+                failed += 1;
+                tracing::debug!(error = %status.message(), "heartbeat failed");
+            }
+            Err(_) => failed += 1,
+        }
+        if failed >= 3 {
+            return;
         }
         // Beat at half the period, so one lost beat is not yet a missed one.
         tokio::time::sleep(period / 2).await;

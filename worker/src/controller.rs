@@ -370,7 +370,7 @@ async fn control(
         }
         // Desired running.
         if container.is_none() {
-            let wait = task.not_before - now();
+            let wait = task.not_before.saturating_sub(now());
             if wait > 0 {
                 let delay = Duration::from_nanos(u64::try_from(wait).unwrap_or(0));
                 tokio::select! {

@@ -823,6 +823,16 @@ impl Swarm for SwarmApi {
                 )));
             }
         }
+        // A manager that leaves gives up its Raft vote first, as Swarm's does, so the others'
+        // quorum does not count a member that is gone for good. Best effort: with --force
+        // and no leader, the others must `node demote` it.
+        if let Some(m) = active.manager.as_ref() {
+            if m.manager.managers().len() > 1 {
+                if let Err(err) = demote_self(&m.manager, &active.state.node_id).await {
+                    tracing::warn!(error = %err.message(), "leave the raft membership");
+                }
+            }
+        }
         node.deactivate(active).await;
         // The node's task containers go with the membership.
         let rt = node.runtime.clone();
@@ -880,4 +890,32 @@ fn save_state(root: &Path, state: &SwarmState) -> Result<(), Status> {
     std::fs::write(&tmp, text).map_err(|e| internal("write state")(e.to_string()))?;
     std::fs::rename(&tmp, root.join("state.json"))
         .map_err(|e| internal("write state")(e.to_string()))
+}
+
+/// Demotes this node through the leader (`node demote` of itself).
+async fn demote_self(manager: &Manager, node_id: &str) -> Result<(), Status> {
+    let demoted = |node: Option<Node>| -> Result<UpdateNodeRequest, Status> {
+        let node = node.ok_or_else(|| Status::not_found(format!("node {node_id}")))?;
+        let mut spec = node.spec.unwrap_or_default();
+        spec.desired_role = NodeRole::Worker as i32;
+        Ok(UpdateNodeRequest {
+            id: node_id.to_string(),
+            version: node.meta.map_or(0, |m| m.version),
+            spec: Some(spec),
+        })
+    };
+    let get = GetNodeRequest {
+        id: node_id.to_string(),
+    };
+    match manager.route()? {
+        Route::Local(api) => {
+            let node = api.get_node(get).await?.node;
+            api.update_node(demoted(node)?).await?;
+        }
+        Route::Remote(mut client) => {
+            let node = client.get_node(get).await?.into_inner().node;
+            client.update_node(demoted(node)?).await?;
+        }
+    }
+    Ok(())
 }

@@ -46,8 +46,19 @@ pub fn channel(addr: &str, config: Arc<ClientConfig>) -> Result<Channel> {
     if uri.path() != "/" {
         return Err(invalid("expected host:port, without a path"));
     }
+    // HTTP/2 pings find a peer that vanished without closing the connection (a node cut
+    // off, a host gone) in seconds, not at TCP's retransmission timeout.
+    let endpoint = endpoint
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true);
     Ok(channel_from_endpoint(endpoint, config))
 }
+
+/// Interval of HTTP/2 keep-alive pings on cluster connections.
+const KEEPALIVE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+/// How long a ping may go unanswered before the connection is dropped.
+const KEEPALIVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Like [`channel`], for an [`Endpoint`] the caller has tuned (timeouts, keep-alive). Its URI
 /// must be `http://host:port`.

@@ -17,7 +17,7 @@ use shoal_proto::cluster::v1::control_server::ControlServer;
 use shoal_proto::cluster::v1::dispatcher_server::DispatcherServer;
 use shoal_proto::cluster::v1::raft_client::RaftClient;
 use shoal_proto::cluster::v1::*;
-use shoal_proto::transport::{self, peer_identity, Identity, Role, ServerConfigCell};
+use shoal_proto::transport::{self, peer_identity, Identity, PeerIdentity, Role, ServerConfigCell};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tonic::transport::Channel;
@@ -737,9 +737,27 @@ impl ControlRouter for ManagerRouter {
 
 struct Hooks(Arc<Manager>);
 
+impl Hooks {
+    /// The caller's node as the store knows it; Raft's own RPCs authorize by certificate
+    /// only (a new member's store is still empty), these two by the store too.
+    fn caller_node(&self, caller: Option<PeerIdentity>) -> Result<Node, Status> {
+        let id = caller.map(|p| p.node_id).unwrap_or_default();
+        self.0.store.read().nodes.get(&id).cloned().ok_or_else(|| {
+            Status::permission_denied(format!("node {id} is not a member of the swarm"))
+        })
+    }
+}
+
 impl RaftRpcHooks for Hooks {
-    fn write(&self, batch: StoreBatch) -> BoxFuture<'_, Result<u64, Status>> {
+    fn write(
+        &self,
+        batch: StoreBatch,
+        caller: Option<PeerIdentity>,
+    ) -> BoxFuture<'_, Result<u64, Status>> {
         Box::pin(async move {
+            if self.caller_node(caller)?.role() != NodeRole::Manager {
+                return Err(Status::permission_denied("only the swarm's managers write"));
+            }
             self.0
                 .proposer
                 .propose(batch.actions)
@@ -747,8 +765,23 @@ impl RaftRpcHooks for Hooks {
                 .map_err(Status::from)
         })
     }
-    fn add_member(&self, req: AddMemberRequest) -> BoxFuture<'_, Result<(), Status>> {
-        Box::pin(self.0.add_member(req))
+    fn add_member(
+        &self,
+        req: AddMemberRequest,
+        caller: Option<PeerIdentity>,
+    ) -> BoxFuture<'_, Result<(), Status>> {
+        Box::pin(async move {
+            // A node adds itself, and only once the cluster wants it as a manager (joined with
+            // the manager token, or promoted).
+            let node = self.caller_node(caller)?;
+            let wanted = node.spec.as_ref().map(|s| s.desired_role()) == Some(NodeRole::Manager);
+            if id_of(&node.meta) != req.node_id || !wanted {
+                return Err(Status::permission_denied(
+                    "a node may only add itself, and only when it is to be a manager",
+                ));
+            }
+            self.0.add_member(req).await
+        })
     }
 }
 

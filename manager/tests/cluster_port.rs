@@ -12,6 +12,7 @@ use shoal_manager::manager::{Manager, ManagerConfig};
 use shoal_proto::cluster::v1::ca_client::CaClient;
 use shoal_proto::cluster::v1::control_client::ControlClient;
 use shoal_proto::cluster::v1::dispatcher_client::DispatcherClient;
+use shoal_proto::cluster::v1::raft_client::RaftClient;
 use shoal_proto::cluster::v1::*;
 use shoal_proto::transport::{self, Identity, Role, ServerConfigCell};
 use tonic::Code;
@@ -177,6 +178,30 @@ async fn tokens_are_checked_and_roles_authorize_rpcs() {
     assert_eq!(manager.peer().unwrap().role, Role::Manager);
     let err = ControlClient::new(f.channel(&manager))
         .list_nodes(ListNodesRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    // Raft's Write and AddMember check the store too: a manager certificate alone may not
+    // write, nor add any node but itself.
+    let mut raft = RaftClient::new(f.channel(&manager));
+    let err = raft
+        .write(WriteRequest {
+            batch: Some(StoreBatch::default()),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    let err = raft
+        .add_member(AddMemberRequest {
+            node_id: worker.peer().unwrap().node_id,
+            raft_id: 77,
+            addr: "127.0.0.1:9".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    let err = RaftClient::new(f.channel(&worker))
+        .vote(RaftMessage::default())
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");

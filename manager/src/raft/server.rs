@@ -15,16 +15,26 @@ use shoal_proto::cluster::v1::{
 };
 use tonic::{Request, Response, Status};
 
+use shoal_proto::transport::{peer_identity, PeerIdentity};
+
 use super::types::Raft;
 
 /// What the manager does for the RPCs that are not Raft's own.
 pub trait RaftRpcHooks: Send + Sync + 'static {
     /// Proposes `batch` (a follower forwarding a write); resolves to the log index the batch
     /// applied at. Expected to fail when this manager is not the leader.
-    fn write(&self, batch: StoreBatch) -> BoxFuture<'_, Result<u64, Status>>;
+    fn write(
+        &self,
+        batch: StoreBatch,
+        caller: Option<PeerIdentity>,
+    ) -> BoxFuture<'_, Result<u64, Status>>;
     /// Adds the asking manager to the Raft membership as a voter. Expected to fail when this
     /// manager is not the leader, and to succeed again for a manager already added.
-    fn add_member(&self, req: AddMemberRequest) -> BoxFuture<'_, Result<(), Status>>;
+    fn add_member(
+        &self,
+        req: AddMemberRequest,
+        caller: Option<PeerIdentity>,
+    ) -> BoxFuture<'_, Result<(), Status>>;
 }
 
 /// The `Raft` gRPC service of one manager.
@@ -78,11 +88,12 @@ impl RaftService for RaftRpc {
         &self,
         request: Request<WriteRequest>,
     ) -> Result<Response<WriteResponse>, Status> {
+        let caller = peer_identity(&request);
         let batch = request
             .into_inner()
             .batch
             .ok_or_else(|| Status::invalid_argument("write without a batch"))?;
-        let index = self.hooks.write(batch).await?;
+        let index = self.hooks.write(batch, caller).await?;
         Ok(Response::new(WriteResponse { index }))
     }
 
@@ -90,7 +101,8 @@ impl RaftService for RaftRpc {
         &self,
         request: Request<AddMemberRequest>,
     ) -> Result<Response<AddMemberResponse>, Status> {
-        self.hooks.add_member(request.into_inner()).await?;
+        let caller = peer_identity(&request);
+        self.hooks.add_member(request.into_inner(), caller).await?;
         Ok(Response::new(AddMemberResponse {}))
     }
 }

@@ -122,7 +122,11 @@ fn create_service(id: &str) -> StoreBatch {
 struct Hooks(RaftNode);
 
 impl RaftRpcHooks for Hooks {
-    fn write(&self, batch: StoreBatch) -> BoxFuture<'_, Result<u64, Status>> {
+    fn write(
+        &self,
+        batch: StoreBatch,
+        _: Option<shoal_proto::transport::PeerIdentity>,
+    ) -> BoxFuture<'_, Result<u64, Status>> {
         Box::pin(async move {
             self.0
                 .write(batch)
@@ -131,7 +135,11 @@ impl RaftRpcHooks for Hooks {
         })
     }
 
-    fn add_member(&self, req: AddMemberRequest) -> BoxFuture<'_, Result<(), Status>> {
+    fn add_member(
+        &self,
+        req: AddMemberRequest,
+        _: Option<shoal_proto::transport::PeerIdentity>,
+    ) -> BoxFuture<'_, Result<(), Status>> {
         Box::pin(async move {
             let member = Member {
                 node_id: req.node_id,

@@ -21,6 +21,8 @@ use tokio::sync::broadcast::error::RecvError;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+use crate::allocator::{self, Ipam};
+use crate::endpoint::{self, find_network};
 use crate::objects::{self, id_of, is_terminal, lookup, new_meta, touch, LookupError};
 use crate::propose::{ProposeError, Proposer};
 use crate::store::{Change, State, Store};
@@ -46,6 +48,9 @@ pub struct ControlApi {
     proposer: Arc<dyn Proposer>,
     raft: Arc<dyn RaftControl>,
     token: TokenFormatter,
+    /// Held from reading the store to writing: virtual IPs, published ports and subnets are
+    /// handed out by the control API alone, and two calls must not hand out the same.
+    alloc_lock: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for ControlApi {
@@ -224,8 +229,16 @@ fn random_name(taken: &HashSet<&str>) -> String {
     unreachable!("the attempts are unbounded")
 }
 
+/// Whether tasks made from `old` must be replaced to match `new`: what they run, or what
+/// networks they are on, changed.
 fn task_spec_changed(old: &ServiceSpec, new: &ServiceSpec) -> bool {
-    old.task != new.task
+    let ports = |s: &ServiceSpec| {
+        s.endpoint
+            .as_ref()
+            .map(|e| e.ports.clone())
+            .unwrap_or_default()
+    };
+    old.task != new.task || old.networks != new.networks || ports(old) != ports(new)
 }
 
 impl ControlApi {
@@ -241,6 +254,7 @@ impl ControlApi {
             proposer,
             raft,
             token,
+            alloc_lock: tokio::sync::Mutex::new(()),
         })
     }
 
@@ -415,12 +429,20 @@ impl ControlApi {
             }
         }
         validate_spec(&mut spec)?;
+        let _alloc = self.alloc_lock.lock().await;
+        let endpoint = {
+            let state = self.store.read();
+            endpoint::resolve_networks(&state, &mut spec)?;
+            let mut ipam = Ipam::from_state(&state);
+            endpoint::allocate_endpoint(&state, &mut ipam, None, &spec, None)?
+        };
         let mut service = Service {
             meta: new_meta(shoal_proto::transport::random_id()),
             spec: Some(spec),
             previous_spec: None,
             update_status: None,
             spec_version: 1,
+            endpoint: Some(endpoint),
         };
         let index = self.write_one(objects::create(service.clone())).await?;
         objects::set_version(&mut service.meta, index);
@@ -523,6 +545,20 @@ impl ControlApi {
                 "service mode change is not allowed",
             ));
         }
+        let _alloc = self.alloc_lock.lock().await;
+        service.endpoint = {
+            let state = self.store.read();
+            endpoint::resolve_networks(&state, &mut spec)?;
+            let mut ipam = Ipam::from_state(&state);
+            let id = id_of(&service.meta);
+            Some(endpoint::allocate_endpoint(
+                &state,
+                &mut ipam,
+                Some(id),
+                &spec,
+                service.endpoint.as_ref(),
+            )?)
+        };
         if task_spec_changed(&current, &spec) {
             service.spec_version += 1;
         }
@@ -582,6 +618,96 @@ impl ControlApi {
             .cloned()
             .collect();
         Ok(ListTasksResponse { tasks })
+    }
+
+    /// `network create -d overlay`.
+    pub async fn create_network(
+        &self,
+        req: CreateNetworkRequest,
+    ) -> Result<CreateNetworkResponse, Status> {
+        let mut spec = req
+            .spec
+            .ok_or_else(|| Status::invalid_argument("create without a network spec"))?;
+        endpoint::check_network_name(&spec.name)?;
+        if spec.driver.is_empty() {
+            spec.driver = "overlay".into();
+        }
+        if spec.driver != "overlay" {
+            return Err(Status::invalid_argument(format!(
+                "driver {:?} makes node-local networks; the cluster makes only overlay networks",
+                spec.driver
+            )));
+        }
+        let _alloc = self.alloc_lock.lock().await;
+        let mut network = {
+            let state = self.store.read();
+            let taken = state
+                .networks
+                .values()
+                .any(|n| n.spec.as_ref().is_some_and(|s| s.name == spec.name));
+            if taken {
+                return Err(Status::already_exists(format!(
+                    "network with name {} already exists",
+                    spec.name
+                )));
+            }
+            if spec.ingress {
+                if let Some(id) = allocator::ingress_id(&state) {
+                    return Err(Status::already_exists(format!(
+                        "an ingress network already exists ({id}); remove it first"
+                    )));
+                }
+            }
+            let allocation = allocator::allocate_network(&state, &spec)
+                .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            Network {
+                meta: new_meta(shoal_proto::transport::random_id()),
+                spec: Some(spec),
+                allocation: Some(allocation),
+            }
+        };
+        let index = self.write_one(objects::create(network.clone())).await?;
+        objects::set_version(&mut network.meta, index);
+        Ok(CreateNetworkResponse {
+            network: Some(network),
+        })
+    }
+
+    /// `network inspect`.
+    pub async fn get_network(&self, req: GetNetworkRequest) -> Result<GetNetworkResponse, Status> {
+        let state = self.store.read();
+        Ok(GetNetworkResponse {
+            network: Some(find_network(&state, &req.id)?.clone()),
+        })
+    }
+
+    /// `network ls`.
+    pub async fn list_networks(
+        &self,
+        _: ListNetworksRequest,
+    ) -> Result<ListNetworksResponse, Status> {
+        let state = self.store.read();
+        Ok(ListNetworksResponse {
+            networks: state.networks.values().cloned().collect(),
+        })
+    }
+
+    /// `network rm`: refused while a service or a stopping task uses the network.
+    pub async fn remove_network(
+        &self,
+        req: RemoveNetworkRequest,
+    ) -> Result<RemoveNetworkResponse, Status> {
+        let _alloc = self.alloc_lock.lock().await;
+        let network = {
+            let state = self.store.read();
+            let network = find_network(&state, &req.id)?;
+            if let Some(why) = endpoint::network_in_use(&state, network) {
+                return Err(Status::failed_precondition(why));
+            }
+            network.clone()
+        };
+        self.write_one(objects::remove(network)).await?;
+        Ok(RemoveNetworkResponse {})
     }
 
     fn tokens(&self, cluster: &Cluster) -> Result<(String, String), Status> {
@@ -664,6 +790,10 @@ impl ControlApi {
                     .tasks
                     .values()
                     .for_each(|t| push(Object::Task(t.clone()), 0)),
+                WatchKind::Network => state
+                    .networks
+                    .values()
+                    .for_each(|n| push(Object::Network(n.clone()), 0)),
             }
         }
         events
@@ -694,6 +824,7 @@ impl ControlApi {
                     Some(Object::Node(_)) => WatchKind::Node,
                     Some(Object::Service(_)) => WatchKind::Service,
                     Some(Object::Task(_)) => WatchKind::Task,
+                    Some(Object::Network(_)) => WatchKind::Network,
                     _ => return false,
                 };
                 kinds.contains(&kind)
@@ -827,6 +958,30 @@ impl Control for ControlService {
         req: Request<RemoveServiceRequest>,
     ) -> Result<Response<RemoveServiceResponse>, Status> {
         route!(self, req, remove_service)
+    }
+    async fn create_network(
+        &self,
+        req: Request<CreateNetworkRequest>,
+    ) -> Result<Response<CreateNetworkResponse>, Status> {
+        route!(self, req, create_network)
+    }
+    async fn get_network(
+        &self,
+        req: Request<GetNetworkRequest>,
+    ) -> Result<Response<GetNetworkResponse>, Status> {
+        route!(self, req, get_network)
+    }
+    async fn list_networks(
+        &self,
+        req: Request<ListNetworksRequest>,
+    ) -> Result<Response<ListNetworksResponse>, Status> {
+        route!(self, req, list_networks)
+    }
+    async fn remove_network(
+        &self,
+        req: Request<RemoveNetworkRequest>,
+    ) -> Result<Response<RemoveNetworkResponse>, Status> {
+        route!(self, req, remove_network)
     }
     async fn list_tasks(
         &self,

@@ -278,6 +278,7 @@ impl DispatcherService {
             removed: Vec::new(),
             managers: self.context.managers(),
             node: state.nodes.get(node_id).cloned(),
+            network_map: Some(crate::netmap::network_map(&state)),
         }
     }
 }
@@ -335,6 +336,7 @@ impl Dispatcher for DispatcherRpc {
         tokio::spawn(async move {
             let mut sent = HashSet::new();
             let full = this.full_message(&node_id, &mut sent);
+            let mut map_sent = full.network_map.clone();
             if tx.send(Ok(full)).await.is_err() {
                 return;
             }
@@ -395,16 +397,27 @@ impl Dispatcher for DispatcherRpc {
                     let _ = tx.send(Err(Status::unavailable("leadership lost"))).await;
                     return;
                 }
-                let message = if reset {
+                let mut message = if reset {
                     this.full_message(&node_id, &mut sent)
-                } else if message.tasks.is_empty()
-                    && message.removed.is_empty()
-                    && message.node.is_none()
-                {
-                    continue;
                 } else {
                     message
                 };
+                // The map goes whole, and only when it changed.
+                let map = crate::netmap::network_map(&this.store.read());
+                if map_sent.as_ref() != Some(&map) {
+                    map_sent = Some(map.clone());
+                    message.network_map = Some(map);
+                } else if !reset {
+                    message.network_map = None;
+                }
+                if message.tasks.is_empty()
+                    && message.removed.is_empty()
+                    && message.node.is_none()
+                    && message.network_map.is_none()
+                    && !reset
+                {
+                    continue;
+                }
                 if tx.send(Ok(message)).await.is_err() {
                     return;
                 }

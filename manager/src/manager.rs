@@ -291,6 +291,11 @@ impl Manager {
                         Arc::clone(&self.proposer),
                         rx.clone(),
                     ));
+                    tokio::spawn(crate::allocator::run(
+                        Arc::clone(&self.store),
+                        Arc::clone(&self.proposer),
+                        rx.clone(),
+                    ));
                     tokio::spawn(crate::scheduler::run(
                         Arc::clone(&self.store),
                         Arc::clone(&self.proposer),
@@ -365,9 +370,28 @@ impl Manager {
                 ..Default::default()
             }),
             last_heartbeat: 0,
+            attachments: Vec::new(),
+        };
+        let ingress_spec = NetworkSpec {
+            name: crate::allocator::INGRESS_NAME.into(),
+            driver: "overlay".into(),
+            ingress: true,
+            subnet: crate::allocator::INGRESS_SUBNET.into(),
+            ..Default::default()
+        };
+        let allocation = crate::allocator::allocate_network(&self.store.read(), &ingress_spec)
+            .map_err(|e| ManagerError::Bootstrap(format!("ingress network: {e}")))?;
+        let ingress = Network {
+            meta: new_meta(transport::random_id()),
+            spec: Some(ingress_spec),
+            allocation: Some(allocation),
         };
         self.proposer
-            .propose(vec![objects::create(cluster), objects::create(node)])
+            .propose(vec![
+                objects::create(cluster),
+                objects::create(node),
+                objects::create(ingress),
+            ])
             .await
             .map_err(|e| ManagerError::Bootstrap(e.to_string()))?;
         Ok(())
@@ -638,6 +662,7 @@ impl Manager {
             // A joining manager holds the role once it is in the Raft membership.
             role: NodeRole::Worker as i32,
             manager_status: None,
+            attachments: Vec::new(),
             last_heartbeat: 0,
         };
         self.proposer.propose(vec![objects::create(node)]).await?;

@@ -48,16 +48,18 @@ fn new_task(service: &Service, slot: u64, node_id: &str, restarts: u64, not_befo
         node_id: node_id.to_string(),
         spec: spec.task,
         spec_version: service.spec_version,
+        // The allocator gives it its addresses and moves it on to PENDING.
         status: Some(TaskStatus {
-            state: TaskState::Pending as i32,
+            state: TaskState::New as i32,
             timestamp: now_nanos(),
-            message: "pending task scheduling".into(),
+            message: "created".into(),
             ..Default::default()
         }),
         desired_state: TaskState::Running as i32,
         service_name: spec.name,
         not_before,
         restarts,
+        networks: Vec::new(),
     }
 }
 

@@ -37,10 +37,10 @@ fn counts_on_node(task: &Task) -> bool {
         && !is_terminal(task.status.as_ref().map_or(TaskState::New, |s| s.state()))
 }
 
+/// Ready for a node: the allocator has moved it from NEW (addresses given) to PENDING.
 fn pending(task: &Task) -> bool {
     let state = task.status.as_ref().map_or(TaskState::New, |s| s.state());
-    task.desired_state() == TaskState::Running
-        && matches!(state, TaskState::New | TaskState::Pending)
+    task.desired_state() == TaskState::Running && state == TaskState::Pending
 }
 
 /// Why no node took a task, in Swarm's words.

@@ -11,8 +11,8 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 
 use prost::Message;
 use shoal_proto::cluster::v1::{
-    store_object::Object, Cluster, Node, Service, StoreAction, StoreActionKind, StoreBatch,
-    StoreEvent, StoreObject, StoreSnapshot, Task,
+    store_object::Object, Cluster, Network, Node, Service, StoreAction, StoreActionKind,
+    StoreBatch, StoreEvent, StoreObject, StoreSnapshot, Task,
 };
 use tokio::sync::{broadcast, watch};
 
@@ -66,6 +66,8 @@ pub struct State {
     pub services: BTreeMap<String, Service>,
     /// Tasks by id.
     pub tasks: BTreeMap<String, Task>,
+    /// Networks by id.
+    pub networks: BTreeMap<String, Network>,
 }
 
 /// Kind name and id of an object, for errors.
@@ -75,6 +77,7 @@ fn describe(object: &Object) -> (&'static str, String) {
         Object::Node(o) => ("node", &o.meta),
         Object::Service(o) => ("service", &o.meta),
         Object::Task(o) => ("task", &o.meta),
+        Object::Network(o) => ("network", &o.meta),
     };
     (
         kind,
@@ -88,6 +91,7 @@ fn read_version(object: &Object) -> u64 {
         Object::Node(o) => &o.meta,
         Object::Service(o) => &o.meta,
         Object::Task(o) => &o.meta,
+        Object::Network(o) => &o.meta,
     };
     meta.as_ref().map_or(0, |m| m.version)
 }
@@ -98,6 +102,7 @@ fn set_version(object: &mut Object, index: u64) {
         Object::Node(o) => &mut o.meta,
         Object::Service(o) => &mut o.meta,
         Object::Task(o) => &mut o.meta,
+        Object::Network(o) => &mut o.meta,
     };
     meta.get_or_insert_with(Default::default).version = index;
 }
@@ -110,6 +115,7 @@ impl State {
             Object::Node(_) => self.nodes.get(id).map(|o| &o.meta),
             Object::Service(_) => self.services.get(id).map(|o| &o.meta),
             Object::Task(_) => self.tasks.get(id).map(|o| &o.meta),
+            Object::Network(_) => self.networks.get(id).map(|o| &o.meta),
         }?;
         Some(meta.as_ref().map_or(0, |m| m.version))
     }
@@ -204,6 +210,10 @@ impl State {
                 let id = o.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default();
                 self.tasks.insert(id, o);
             }
+            Object::Network(o) => {
+                let id = o.meta.as_ref().map(|m| m.id.clone()).unwrap_or_default();
+                self.networks.insert(id, o);
+            }
         }
     }
 
@@ -214,6 +224,7 @@ impl State {
             Object::Node(_) => self.nodes.remove(&id).map(Object::Node),
             Object::Service(_) => self.services.remove(&id).map(Object::Service),
             Object::Task(_) => self.tasks.remove(&id).map(Object::Task),
+            Object::Network(_) => self.networks.remove(&id).map(Object::Network),
         }
     }
 
@@ -233,6 +244,13 @@ impl State {
                 .map(wrap),
         );
         objects.extend(self.tasks.values().cloned().map(Object::Task).map(wrap));
+        objects.extend(
+            self.networks
+                .values()
+                .cloned()
+                .map(Object::Network)
+                .map(wrap),
+        );
         StoreSnapshot { objects }
     }
 

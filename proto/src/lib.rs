@@ -35,7 +35,7 @@ pub mod cluster {
                 }
             )*};
         }
-        into_object!(Cluster, Node, Service, Task);
+        into_object!(Cluster, Node, Service, Task, Network);
     }
 }
 

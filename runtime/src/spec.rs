@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 /// Network namespace choice for a container.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NetworkMode {
     /// A fresh network namespace with only loopback (Docker's `none`).
@@ -15,6 +15,18 @@ pub enum NetworkMode {
     None,
     /// The host's network namespace.
     Host,
+    /// The namespace bind-mounted at this path: a sandbox shoal's networking made and wired
+    /// (bridge, overlay) before the container starts, and tears down after it is gone.
+    Path(PathBuf),
+}
+
+/// Name resolution files for a container in a [`NetworkMode::Path`] sandbox.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NameFiles {
+    /// Contents of /etc/resolv.conf.
+    pub resolv_conf: String,
+    /// Extra /etc/hosts lines (address, names), e.g. the container's own address.
+    pub hosts: Vec<(String, String)>,
 }
 
 /// A request to create a container, in Docker's terms.
@@ -50,6 +62,9 @@ pub struct ContainerSpec {
     pub cap_drop: Vec<String>,
     /// `--network`.
     pub network: NetworkMode,
+    /// /etc/resolv.conf and /etc/hosts additions for a sandboxed network.
+    #[serde(default)]
+    pub names: Option<NameFiles>,
     /// `--rm`: remove the container when it exits.
     pub auto_remove: bool,
     /// `-t`: give the process a pseudo-terminal.
@@ -104,6 +119,9 @@ pub struct RunSpec {
     pub read_only: bool,
     /// Network namespace choice.
     pub network: NetworkMode,
+    /// /etc/resolv.conf and /etc/hosts additions (sandboxed networks).
+    #[serde(default)]
+    pub names: Option<NameFiles>,
     /// Cgroup name (relative to each hierarchy's root).
     pub cgroup: String,
     /// Memory limit in bytes.

@@ -24,6 +24,7 @@ use nix::unistd::Pid;
 use tempfile::TempDir;
 
 pub mod cluster;
+pub mod swarm_util;
 
 /// Environment variable naming the directory of the binaries under test.
 pub const BIN_DIR_ENV: &str = "SHOAL_BIN_DIR";

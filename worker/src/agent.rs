@@ -37,6 +37,8 @@ pub struct AgentConfig {
     pub runtime: Runtime,
     /// What the node tells the cluster about itself.
     pub description: NodeDescription,
+    /// The node's networking for tasks.
+    pub network: Arc<crate::network::NodeNetwork>,
 }
 
 /// What the agent tells the daemon around it.
@@ -82,6 +84,7 @@ pub async fn run(
         managers: managers_tx.subscribe(),
         images: Arc::new(ImageFetcher::default()),
         node_id: cfg.node_id.clone(),
+        network: Arc::clone(&cfg.network),
     };
     let mut controllers = Controllers::new(shared).await;
     // The reporter sends through whichever dispatcher the session is on.
@@ -152,7 +155,7 @@ pub async fn run(
                     break;
                 }
             };
-            let message = match message {
+            let mut message = match message {
                 Ok(Some(m)) => m,
                 Ok(None) => break,
                 Err(status) => {
@@ -171,6 +174,10 @@ pub async fn run(
                 next = 0;
                 set_managers(&message.managers);
             }
+            // Before the tasks: their sandboxes are built from this map.
+            if let Some(map) = message.network_map.take() {
+                cfg.network.set_map(map).await;
+            }
             if message.full {
                 let assigned: std::collections::HashSet<String> = message
                     .tasks
@@ -182,6 +189,7 @@ pub async fn run(
                         controllers.remove(&id);
                     }
                 }
+                cfg.network.retain(&assigned).await;
             }
             for task in message.tasks {
                 controllers.assign(task);

@@ -41,6 +41,8 @@ pub struct Shared {
     pub images: Arc<ImageFetcher>,
     /// This node's id (for container names of global tasks).
     pub node_id: String,
+    /// Sandboxes and the node's data path.
+    pub network: Arc<crate::network::NodeNetwork>,
 }
 
 struct Handle {
@@ -110,10 +112,13 @@ impl Controllers {
         if let Some(handle) = self.running.remove(id) {
             handle.join.abort();
             let rt = self.shared.runtime.clone();
+            let network = Arc::clone(&self.shared.network);
             let task = handle.task.borrow().clone();
+            let id = id.to_string();
             tokio::spawn(async move {
                 let _ = handle.join.await;
                 remove_container(&rt, &task, None).await;
+                network.release(&id).await;
             });
         }
     }
@@ -355,6 +360,7 @@ async fn control(
             }
             if desired == TaskState::Remove {
                 remove_container(&rt, &task, container.take()).await;
+                shared.network.release(&task_id).await;
                 // The task stays assigned until the reaper deletes it: wait for removal.
             }
             if wait_change(&mut rx).await.is_err() {
@@ -397,7 +403,22 @@ async fn control(
                 continue;
             }
             let name = container_name(&task, &shared.node_id, &task_id);
-            let spec = container_spec(&task, name, &task_id, &shared.node_id);
+            let mut spec = container_spec(&task, name, &task_id, &shared.node_id);
+            match shared.network.prepare(&task).await {
+                Ok(Some(prepared)) => {
+                    spec.network = shoal_runtime::spec::NetworkMode::Path(prepared.netns);
+                    spec.names = Some(prepared.names);
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    let mut s = status(TaskState::Rejected, "preparing");
+                    s.err = format!("network: {err}");
+                    report(&shared, &task_id, s);
+                    shared.network.release(&task_id).await;
+                    done = true;
+                    continue;
+                }
+            }
             report(&shared, &task_id, status(TaskState::Starting, "starting"));
             let rt2 = rt.clone();
             let created = blocking(move || {
@@ -418,6 +439,7 @@ async fn control(
                     let mut s = status(TaskState::Rejected, "starting");
                     s.err = err.to_string();
                     report(&shared, &task_id, s);
+                    shared.network.release(&task_id).await;
                     done = true;
                     continue;
                 }
@@ -466,6 +488,8 @@ async fn control(
                 let mut s = s;
                 s.container_id = id.clone();
                 report(&shared, &task_id, s);
+                // The task is over: its addresses may go to another task.
+                shared.network.release(&task_id).await;
                 done = true;
             }
             changed = wait_change(&mut rx) => {

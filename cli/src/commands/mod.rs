@@ -1,7 +1,8 @@
 //! The `shoal` client's command line: one module per noun (`image`, `container`, `system`,
 //! and for the cluster `swarm`, `node`, `service`),
 //! Docker's flags, output and exit codes, and Docker's top-level shortcuts (`shoal run`,
-//! `shoal ps`, `shoal images`, …) mapped onto the same handlers.
+//! `shoal ps`, `shoal images`, …) mapped onto the same handlers. `network` manages the
+//! cluster's overlay networks.
 //!
 //! Handlers return the process's exit code, or an error; [`failure_code`] maps an error to
 //! the exit code Docker would use and [`failure_message`] to the text it prints, so that
@@ -17,6 +18,7 @@ use crate::client::{Client, ClientError, Host, DEFAULT_HOST, HOST_ENV};
 pub mod container;
 pub mod image;
 pub mod inspect;
+pub mod network;
 pub mod node;
 pub mod service;
 pub mod swarm;
@@ -74,6 +76,9 @@ pub enum Command {
     /// Manage swarm services
     #[command(subcommand)]
     Service(service::ServiceCommand),
+    /// Manage networks
+    #[command(subcommand)]
+    Network(network::NetworkCommand),
     /// Display system-wide information (the node's swarm membership)
     Info,
 
@@ -121,6 +126,7 @@ enum Action {
     Swarm(swarm::SwarmCommand),
     Node(node::NodeCommand),
     Service(Box<service::ServiceCommand>),
+    Network(network::NetworkCommand),
     Info,
 }
 
@@ -136,6 +142,7 @@ impl From<Command> for Action {
             Command::Swarm(c) => Action::Swarm(c),
             Command::Node(c) => Action::Node(c),
             Command::Service(c) => Action::Service(Box::new(c)),
+            Command::Network(c) => Action::Network(c),
             Command::Info => Action::Info,
             Command::Run(a) => Action::Container(Box::new(C::Run(a))),
             Command::Create(a) => Action::Container(Box::new(C::Create(a))),
@@ -213,6 +220,7 @@ async fn dispatch(host: &str, action: Action) -> anyhow::Result<i32> {
         Action::Swarm(cmd) => swarm::run(&Client::connect(&host).await?, cmd).await,
         Action::Node(cmd) => node::run(&Client::connect(&host).await?, cmd).await,
         Action::Service(cmd) => service::run(&Client::connect(&host).await?, *cmd).await,
+        Action::Network(cmd) => network::run(&host, cmd).await,
         Action::Info => swarm::info(&Client::connect(&host).await?).await,
     }
 }

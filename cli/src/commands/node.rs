@@ -603,6 +603,7 @@ mod tests {
                 reachability: reach.into(),
             }),
             last_heartbeat: 0,
+            attachments: Vec::new(),
         }
     }
 

@@ -43,6 +43,7 @@ pub fn spec_from_wire(spec: pb::ContainerSpec) -> Result<ContainerSpec> {
         cap_add: spec.cap_add,
         cap_drop: spec.cap_drop,
         network,
+        names: None,
         auto_remove: spec.auto_remove,
         tty: spec.tty,
         open_stdin: spec.open_stdin,

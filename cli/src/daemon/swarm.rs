@@ -22,6 +22,7 @@ use shoal_proto::cluster::v1::*;
 use shoal_proto::transport::{self, Identity, Role, ServerConfigCell};
 use shoal_runtime::Runtime;
 use shoal_worker::agent::{self, AgentConfig, AgentState};
+use shoal_worker::network::NodeNetwork;
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::{Request, Response, Status};
 
@@ -71,6 +72,9 @@ pub struct SwarmNode {
     active: tokio::sync::Mutex<Option<Active>>,
     /// For the synchronous control router: the current manager and role.
     current: Mutex<Current>,
+    /// The node's task networking. One per membership: it outlives agent restarts (role
+    /// changes), since its sandboxes and DNS servers belong to running containers.
+    network: tokio::sync::Mutex<Option<Arc<NodeNetwork>>>,
 }
 
 #[derive(Clone, Default)]
@@ -284,6 +288,7 @@ impl SwarmNode {
             runtime,
             active: tokio::sync::Mutex::new(None),
             current: Mutex::new(Current::Inactive),
+            network: tokio::sync::Mutex::new(None),
         });
         let state_file = node.root.join("state.json");
         if state_file.exists() {
@@ -335,9 +340,11 @@ impl SwarmNode {
             Some(m) => Current::Manager(Arc::clone(&m.manager)),
             None => Current::Worker,
         };
+        let network = self.network_for(&state.node_id).await?;
         let (agent_stop, stop_rx) = watch::channel(false);
         let (state_tx, agent_state) = watch::channel(AgentState::default());
         let cfg = AgentConfig {
+            network,
             node_id: state.node_id.clone(),
             managers: state.managers.clone(),
             tls: transport::client_config(&identity)
@@ -436,6 +443,22 @@ impl SwarmNode {
             stop,
             server,
         })
+    }
+
+    /// The node's networking for `node_id`, made on first use.
+    async fn network_for(&self, node_id: &str) -> Result<Arc<NodeNetwork>, Status> {
+        let mut guard = self.network.lock().await;
+        if let Some(n) = guard.as_ref().filter(|n| n.node_id() == node_id) {
+            return Ok(Arc::clone(n));
+        }
+        if let Some(old) = guard.take() {
+            old.shutdown().await;
+        }
+        let network = NodeNetwork::new(node_id.to_string(), self.root.join("network"))
+            .await
+            .map_err(|e| Status::internal(format!("set up node networking: {e}")))?;
+        *guard = Some(Arc::clone(&network));
+        Ok(network)
     }
 
     async fn stop_manager(running: RunningManager) {
@@ -848,6 +871,9 @@ impl Swarm for SwarmApi {
             }
         })
         .await;
+        if let Some(network) = node.network.lock().await.take() {
+            network.shutdown().await;
+        }
         let _ = std::fs::remove_dir_all(&node.root);
         Ok(Response::new(LeaveResponse {}))
     }

@@ -62,9 +62,10 @@ impl Runtime {
             "RestartCount": 0,
             "Driver": "overlay",
             "HostConfig": {
-                "NetworkMode": match c.spec.network {
+                "NetworkMode": match &c.spec.network {
                     crate::spec::NetworkMode::None => "none",
                     crate::spec::NetworkMode::Host => "host",
+                    crate::spec::NetworkMode::Path(_) => "sandbox",
                 },
                 "AutoRemove": c.spec.auto_remove,
                 "CapAdd": c.spec.cap_add,

@@ -118,8 +118,19 @@ fn setup_and_exec(
     }
     drop(sync);
 
-    if spec.network == crate::spec::NetworkMode::None {
-        loopback_up().map_err(|e| runtime_err(format!("bring up lo: {e}")))?;
+    match &spec.network {
+        crate::spec::NetworkMode::None => {
+            loopback_up().map_err(|e| runtime_err(format!("bring up lo: {e}")))?;
+        }
+        crate::spec::NetworkMode::Path(path) => {
+            let ns = std::fs::File::open(path).map_err(|e| {
+                runtime_err(format!("open network namespace {}: {e}", path.display()))
+            })?;
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(|e| {
+                runtime_err(format!("join network namespace {}: {e}", path.display()))
+            })?;
+        }
+        crate::spec::NetworkMode::Host => {}
     }
     rmount::make_private().map_err(runtime_err)?;
     rmount::mount_overlay(spec).map_err(runtime_err)?;

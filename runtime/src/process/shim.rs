@@ -185,17 +185,24 @@ fn etc_files(dir: &Path, spec: &RunSpec) -> std::io::Result<EtcFiles> {
         hostname: dir.join("hostname"),
         resolv_conf: dir.join("resolv.conf"),
     };
-    std::fs::write(
-        &etc.hosts,
-        format!(
-            "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n127.0.1.1\t{}\n",
-            spec.hostname
-        ),
-    )?;
+    let mut hosts =
+        String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    match spec.names.as_ref().filter(|n| !n.hosts.is_empty()) {
+        Some(names) => {
+            for (addr, name) in &names.hosts {
+                hosts.push_str(&format!("{addr}\t{name}\n"));
+            }
+        }
+        None => hosts.push_str(&format!("127.0.1.1\t{}\n", spec.hostname)),
+    }
+    std::fs::write(&etc.hosts, hosts)?;
     std::fs::write(&etc.hostname, format!("{}\n", spec.hostname))?;
-    let resolv = match spec.network {
-        NetworkMode::Host => std::fs::read("/etc/resolv.conf").unwrap_or_default(),
-        NetworkMode::None => Vec::new(),
+    let resolv = match (&spec.network, &spec.names) {
+        (_, Some(names)) => names.resolv_conf.clone().into_bytes(),
+        (NetworkMode::Host | NetworkMode::Path(_), None) => {
+            std::fs::read("/etc/resolv.conf").unwrap_or_default()
+        }
+        (NetworkMode::None, None) => Vec::new(),
     };
     std::fs::write(&etc.resolv_conf, resolv)?;
     Ok(etc)
@@ -332,6 +339,7 @@ fn start(dir: &Path, spec: &RunSpec, cgroup: &ContainerCgroup) -> Result<Started
         | CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWUTS
         | CloneFlags::CLONE_NEWIPC;
+    // A sandbox is joined by the init itself, before anything else (init::run).
     if spec.network == NetworkMode::None {
         flags |= CloneFlags::CLONE_NEWNET;
     }

@@ -104,6 +104,30 @@ pub fn mode_name(spec: &pb::ServiceSpec) -> &'static str {
     }
 }
 
+/// Docker's name of a port protocol.
+pub fn protocol_name(protocol: pb::PortProtocol) -> &'static str {
+    match protocol {
+        pb::PortProtocol::Tcp => "tcp",
+        pb::PortProtocol::Udp => "udp",
+    }
+}
+
+/// Docker's name of a publish mode.
+pub fn publish_mode_name(mode: pb::PublishMode) -> &'static str {
+    match mode {
+        pb::PublishMode::Ingress => "ingress",
+        pb::PublishMode::Host => "host",
+    }
+}
+
+/// Docker's name of an endpoint (resolution) mode.
+pub fn endpoint_mode_name(mode: pb::EndpointMode) -> &'static str {
+    match mode {
+        pb::EndpointMode::Vip => "vip",
+        pb::EndpointMode::Dnsrr => "dnsrr",
+    }
+}
+
 /// Docker's `formatter.PrettyPrint` of a word: first letter upper-case, the rest lower-case
 /// ("running" → "Running").
 pub fn pretty(word: &str) -> String {
@@ -172,6 +196,10 @@ fn sorted(labels: &HashMap<String, String>) -> BTreeMap<String, String> {
 }
 
 fn is_zero_i64(n: &i64) -> bool {
+    *n == 0
+}
+
+fn is_zero_u32(n: &u32) -> bool {
     *n == 0
 }
 
@@ -380,19 +408,98 @@ pub struct ServiceDoc {
     /// The spec before the last update, for rollback.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub previous_spec: Option<ServiceSpecDoc>,
-    /// Published ports and virtual IPs (none yet).
+    /// Published ports and virtual IPs, as the leader allocated them.
     pub endpoint: EndpointDoc,
     /// Progress of the last update.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub update_status: Option<UpdateStatusDoc>,
 }
 
-/// Docker's `Endpoint`: empty until services publish ports.
+/// Docker's `Endpoint`: the endpoint spec, then what the leader allocated for it.
 #[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "PascalCase")]
 pub struct EndpointDoc {
-    /// The endpoint spec.
-    #[serde(rename = "Spec")]
-    pub spec: serde_json::Map<String, serde_json::Value>,
+    /// The endpoint spec the allocation was made for.
+    pub spec: EndpointSpecDoc,
+    /// Ports with their published ports filled in.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortConfigDoc>,
+    /// One address per network (VIP mode).
+    #[serde(rename = "VirtualIPs", skip_serializing_if = "Vec::is_empty")]
+    pub virtual_ips: Vec<VirtualIpDoc>,
+}
+
+/// Docker's `EndpointSpec`.
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct EndpointSpecDoc {
+    /// "vip" or "dnsrr".
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<&'static str>,
+    /// Ports to publish.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<PortConfigDoc>,
+}
+
+impl EndpointSpecDoc {
+    fn new(spec: &pb::EndpointSpec) -> EndpointSpecDoc {
+        EndpointSpecDoc {
+            mode: Some(endpoint_mode_name(spec.mode())),
+            ports: spec.ports.iter().map(PortConfigDoc::new).collect(),
+        }
+    }
+}
+
+/// Docker's `PortConfig`, with its `omitempty` fields.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct PortConfigDoc {
+    /// Optional name of the port.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// "tcp" or "udp".
+    pub protocol: &'static str,
+    /// The port inside the tasks.
+    pub target_port: u32,
+    /// The port on the nodes; 0 (left out) in a spec asks the leader to pick one.
+    #[serde(skip_serializing_if = "is_zero_u32")]
+    pub published_port: u32,
+    /// "ingress" or "host".
+    pub publish_mode: &'static str,
+}
+
+impl PortConfigDoc {
+    fn new(port: &pb::PortConfig) -> PortConfigDoc {
+        PortConfigDoc {
+            name: port.name.clone(),
+            protocol: protocol_name(port.protocol()),
+            target_port: port.target_port,
+            published_port: port.published_port,
+            publish_mode: publish_mode_name(port.publish_mode()),
+        }
+    }
+}
+
+/// Docker's `EndpointVirtualIP`.
+#[derive(Debug, Serialize)]
+pub struct VirtualIpDoc {
+    /// The network the address is on.
+    #[serde(rename = "NetworkID")]
+    pub network_id: String,
+    /// CIDR form, "10.0.1.2/24".
+    #[serde(rename = "Addr")]
+    pub addr: String,
+}
+
+/// Docker's `NetworkAttachmentConfig`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct NetworkAttachmentDoc {
+    /// The network's id.
+    pub target: String,
+    /// Extra names of the service on it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub aliases: Vec<String>,
 }
 
 /// Docker's `UpdateStatus`.
@@ -423,6 +530,9 @@ pub struct ServiceSpecDoc {
     pub task_template: TaskTemplateDoc,
     /// Replicated or global.
     pub mode: ModeDoc,
+    /// How the service is reached.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint_spec: Option<EndpointSpecDoc>,
 }
 
 /// Docker's `TaskSpec`.
@@ -438,6 +548,9 @@ pub struct TaskTemplateDoc {
     pub restart_policy: Option<RestartPolicyDoc>,
     /// Constraints.
     pub placement: PlacementDoc,
+    /// The networks the tasks join.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub networks: Vec<NetworkAttachmentDoc>,
     /// Counter bumped to force a redeploy.
     pub force_update: u64,
     /// Always "container".
@@ -568,6 +681,14 @@ impl ServiceSpecDoc {
                 placement: PlacementDoc {
                     constraints: task.placement.map(|p| p.constraints).unwrap_or_default(),
                 },
+                networks: spec
+                    .networks
+                    .iter()
+                    .map(|n| NetworkAttachmentDoc {
+                        target: n.target.clone(),
+                        aliases: n.aliases.clone(),
+                    })
+                    .collect(),
                 force_update: task.force_update,
                 runtime: "container",
             },
@@ -584,6 +705,7 @@ impl ServiceSpecDoc {
                 },
                 None => ModeDoc::default(),
             },
+            endpoint_spec: spec.endpoint.as_ref().map(EndpointSpecDoc::new),
         }
     }
 }
@@ -596,7 +718,29 @@ impl ServiceDoc {
             meta: MetaDoc::new(service.meta.as_ref()),
             spec: ServiceSpecDoc::new(&service.spec.clone().unwrap_or_default()),
             previous_spec: service.previous_spec.as_ref().map(ServiceSpecDoc::new),
-            endpoint: EndpointDoc::default(),
+            endpoint: EndpointDoc {
+                spec: service
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.endpoint.as_ref())
+                    .map(EndpointSpecDoc::new)
+                    .unwrap_or_default(),
+                ports: service
+                    .endpoint
+                    .iter()
+                    .flat_map(|e| &e.ports)
+                    .map(PortConfigDoc::new)
+                    .collect(),
+                virtual_ips: service
+                    .endpoint
+                    .iter()
+                    .flat_map(|e| &e.virtual_ips)
+                    .map(|v| VirtualIpDoc {
+                        network_id: v.network_id.clone(),
+                        addr: v.addr.clone(),
+                    })
+                    .collect(),
+            },
             update_status: service
                 .update_status
                 .as_ref()
@@ -697,6 +841,7 @@ mod tests {
                 reachability: "reachable".into(),
             }),
             last_heartbeat: 0,
+            attachments: Vec::new(),
         };
         let doc = serde_json::to_value(NodeDoc::new(&node)).expect("serializes");
         let want = serde_json::json!({
@@ -758,9 +903,25 @@ mod tests {
                 force_update: 0,
             }),
             mode: Some(Mode::Replicated(pb::ReplicatedMode { replicas: 3 })),
+            networks: vec![pb::NetworkAttachmentConfig {
+                target: "net1".into(),
+                aliases: vec!["www".into()],
+            }],
+            endpoint: Some(pb::EndpointSpec {
+                mode: pb::EndpointMode::Vip as i32,
+                ports: vec![pb::PortConfig {
+                    name: String::new(),
+                    protocol: pb::PortProtocol::Tcp as i32,
+                    target_port: 80,
+                    published_port: 0,
+                    publish_mode: pb::PublishMode::Ingress as i32,
+                }],
+            }),
         };
         let mut previous = spec.clone();
         previous.mode = Some(Mode::Global(pb::GlobalMode {}));
+        previous.networks.clear();
+        previous.endpoint = None;
         let service = pb::Service {
             meta: meta("s1"),
             spec: Some(spec),
@@ -772,6 +933,19 @@ mod tests {
                 message: "update completed".into(),
             }),
             spec_version: 2,
+            endpoint: Some(pb::Endpoint {
+                ports: vec![pb::PortConfig {
+                    name: String::new(),
+                    protocol: pb::PortProtocol::Tcp as i32,
+                    target_port: 80,
+                    published_port: 30000,
+                    publish_mode: pb::PublishMode::Ingress as i32,
+                }],
+                virtual_ips: vec![pb::VirtualIp {
+                    network_id: "net1".into(),
+                    addr: "10.0.1.2/24".into(),
+                }],
+            }),
         };
         let doc = serde_json::to_value(ServiceDoc::new(&service)).expect("serializes");
         let task_template = serde_json::json!({
@@ -784,6 +958,7 @@ mod tests {
             "Resources": {"Limits": {"NanoCPUs": 500_000_000}, "Reservations": {}},
             "RestartPolicy": {"Condition": "on-failure", "Delay": 5_000_000_000_i64, "MaxAttempts": 3},
             "Placement": {"Constraints": ["node.role==worker"]},
+            "Networks": [{"Target": "net1", "Aliases": ["www"]}],
             "ForceUpdate": 0,
             "Runtime": "container"
         });
@@ -800,7 +975,31 @@ mod tests {
             doc["PreviousSpec"]["Mode"],
             serde_json::json!({"Global": {}})
         );
-        assert_eq!(doc["Endpoint"], serde_json::json!({"Spec": {}}));
+        assert_eq!(
+            doc["Spec"]["EndpointSpec"],
+            serde_json::json!({
+                "Mode": "vip",
+                "Ports": [{"Protocol": "tcp", "TargetPort": 80, "PublishMode": "ingress"}]
+            })
+        );
+        assert_eq!(doc["PreviousSpec"].get("EndpointSpec"), None);
+        assert_eq!(doc["PreviousSpec"]["TaskTemplate"].get("Networks"), None);
+        assert_eq!(
+            doc["Endpoint"],
+            serde_json::json!({
+                "Spec": {
+                    "Mode": "vip",
+                    "Ports": [{"Protocol": "tcp", "TargetPort": 80, "PublishMode": "ingress"}]
+                },
+                "Ports": [{
+                    "Protocol": "tcp",
+                    "TargetPort": 80,
+                    "PublishedPort": 30000,
+                    "PublishMode": "ingress"
+                }],
+                "VirtualIPs": [{"NetworkID": "net1", "Addr": "10.0.1.2/24"}]
+            })
+        );
         assert_eq!(
             doc["UpdateStatus"],
             serde_json::json!({

@@ -1,6 +1,7 @@
 //! `service inspect`: Docker's JSON documents, or with `--pretty` Docker's human text (its
-//! `serviceInspectPrettyTemplate`, tabs and all).
+//! `serviceInspectPrettyTemplate`, tabs and all, with networks by name as Docker shows them).
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::time::SystemTime;
 
@@ -9,7 +10,9 @@ use shoal_proto::cluster::v1 as pb;
 use shoal_proto::cluster::v1::service_spec::Mode;
 use tonic::Code;
 
-use super::format::{ago, go_list, inspect_json, ServiceDoc};
+use super::format::{
+    ago, endpoint_mode_name, go_list, inspect_json, protocol_name, publish_mode_name, ServiceDoc,
+};
 use crate::client::Client;
 use crate::commands::{DaemonError, EXIT_FAILED};
 use crate::units::bytes_size;
@@ -42,8 +45,16 @@ pub async fn inspect(client: &Client, args: InspectArgs) -> anyhow::Result<i32> 
     }
     if args.pretty {
         let now = SystemTime::now();
+        let names = if found
+            .iter()
+            .any(|s| s.spec.as_ref().is_some_and(|s| !s.networks.is_empty()))
+        {
+            network_names(client).await
+        } else {
+            HashMap::new()
+        };
         for service in &found {
-            print!("{}", pretty(service, now));
+            print!("{}", pretty(service, now, &names));
         }
     } else {
         let docs: Vec<ServiceDoc> = found.iter().map(ServiceDoc::new).collect();
@@ -53,6 +64,26 @@ pub async fn inspect(client: &Client, args: InspectArgs) -> anyhow::Result<i32> 
         eprintln!("Error: no such service: {name}");
     }
     Ok(if missing.is_empty() { 0 } else { EXIT_FAILED })
+}
+
+/// Network ids to names, for `--pretty`. Docker prints ids it cannot name, so a failed
+/// listing only costs the names.
+async fn network_names(client: &Client) -> HashMap<String, String> {
+    let networks = match client
+        .control()
+        .list_networks(pb::ListNetworksRequest {})
+        .await
+    {
+        Ok(answer) => answer.into_inner().networks,
+        Err(status) => {
+            tracing::debug!(?status, "list networks for service inspect --pretty");
+            Vec::new()
+        }
+    };
+    networks
+        .into_iter()
+        .filter_map(|n| Some((n.meta?.id, n.spec?.name)))
+        .collect()
 }
 
 fn cpus(nano_cpus: i64) -> f64 {
@@ -86,7 +117,12 @@ fn write_resources(out: &mut String, resources: Option<&pb::ResourceRequirements
 }
 
 /// Docker's `service inspect --pretty` text of one service, ending with a blank line.
-pub fn pretty(service: &pb::Service, now: SystemTime) -> String {
+/// `network_names` maps network ids to names; ids missing from it are printed as they are.
+pub fn pretty(
+    service: &pb::Service,
+    now: SystemTime,
+    network_names: &HashMap<String, String>,
+) -> String {
     let spec = service.spec.clone().unwrap_or_default();
     let task = spec.task.clone().unwrap_or_default();
     let container = task.container.clone().unwrap_or_default();
@@ -154,7 +190,37 @@ pub fn pretty(service: &pb::Service, now: SystemTime) -> String {
         let _ = writeln!(out, " User: {}", container.user);
     }
     write_resources(&mut out, task.resources.as_ref());
-    out.push_str("Endpoint Mode:\tvip\n");
+    if !spec.networks.is_empty() {
+        out.push_str("Networks:");
+        for network in &spec.networks {
+            let name = network_names
+                .get(&network.target)
+                .unwrap_or(&network.target);
+            let _ = write!(out, " {name}");
+        }
+        out.push_str(" \n");
+    }
+    // Swarm fills in a missing endpoint spec with VIP mode.
+    let mode = spec
+        .endpoint
+        .as_ref()
+        .map_or(pb::EndpointMode::Vip, |e| e.mode());
+    let _ = writeln!(out, "Endpoint Mode:\t{}", endpoint_mode_name(mode));
+    let ports = service.endpoint.as_ref().map_or(&[][..], |e| &e.ports[..]);
+    if !ports.is_empty() {
+        out.push_str("Ports:");
+        for port in ports {
+            let _ = write!(
+                out,
+                "\n PublishedPort = {}\n  Protocol = {}\n  TargetPort = {}\n  PublishMode = {}",
+                port.published_port,
+                protocol_name(port.protocol()),
+                port.target_port,
+                publish_mode_name(port.publish_mode())
+            );
+        }
+        out.push_str(" \n");
+    }
     out.push('\n');
     out
 }
@@ -193,16 +259,75 @@ mod tests {
                     ..Default::default()
                 }),
                 mode: Some(Mode::Replicated(pb::ReplicatedMode { replicas: 2 })),
+                networks: Vec::new(),
+                endpoint: None,
             }),
             ..Default::default()
         };
-        let text = pretty(&service, system_time(0));
+        let text = pretty(&service, system_time(0), &HashMap::new());
         assert_eq!(
             text,
             "\nID:\t\tde179gar9d0o7ltdybungplod\nName:\t\tmy_service\nLabels:\n com.label=foo\n\
              Service Mode:\tReplicated\n Replicas:\t2\nPlacement:\n Constraints:\t[node.role==worker]\n\
              ContainerSpec:\n Image:\t\tfoo/bar\n Args:\t\tsleep 1d \n\
              Resources:\n Limits:\n  CPU:\t\t1.5\n  Memory:\t10MiB\nEndpoint Mode:\tvip\n\n"
+        );
+    }
+
+    #[test]
+    fn pretty_shows_networks_and_ports_like_docker() {
+        let service = pb::Service {
+            meta: Some(pb::Meta {
+                id: "s1".into(),
+                ..Default::default()
+            }),
+            spec: Some(pb::ServiceSpec {
+                name: "web".into(),
+                task: Some(pb::TaskSpec {
+                    container: Some(pb::ContainerSpec {
+                        image: "busybox".into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                mode: Some(Mode::Global(pb::GlobalMode {})),
+                networks: vec![
+                    pb::NetworkAttachmentConfig {
+                        target: "id-front".into(),
+                        aliases: vec![],
+                    },
+                    pb::NetworkAttachmentConfig {
+                        target: "id-gone".into(),
+                        aliases: vec![],
+                    },
+                ],
+                endpoint: Some(pb::EndpointSpec {
+                    mode: pb::EndpointMode::Dnsrr as i32,
+                    ports: vec![],
+                }),
+                ..Default::default()
+            }),
+            endpoint: Some(pb::Endpoint {
+                ports: vec![pb::PortConfig {
+                    name: String::new(),
+                    protocol: pb::PortProtocol::Udp as i32,
+                    target_port: 53,
+                    published_port: 30000,
+                    publish_mode: pb::PublishMode::Host as i32,
+                }],
+                virtual_ips: vec![],
+            }),
+            ..Default::default()
+        };
+        let names: HashMap<String, String> = [("id-front".to_string(), "front".to_string())].into();
+        let text = pretty(&service, system_time(0), &names);
+        assert!(
+            text.ends_with(
+                "ContainerSpec:\n Image:\t\tbusybox\n\
+                 Networks: front id-gone \nEndpoint Mode:\tdnsrr\n\
+                 Ports:\n PublishedPort = 30000\n  Protocol = udp\n  TargetPort = 53\n  PublishMode = host \n\n"
+            ),
+            "{text:?}"
         );
     }
 }

@@ -2,9 +2,10 @@
 //! and errors, against the local `shoald`'s control API (a manager's; a worker answers with
 //! Docker's "This node is not a swarm manager …", printed as any daemon error).
 //!
-//! The flags of create/update and their specs are in [`opts`], task listings (shared with
-//! `node ps`) in [`ps`], the convergence wait in [`progress`], Docker-shaped JSON and names in
-//! [`format`], table helpers in [`table`], `inspect` in [`inspect`].
+//! The flags of create/update and their specs are in [`opts`] (ports, networks and the
+//! endpoint mode in [`endpoint`]), task listings (shared with `node ps`) in [`ps`], the
+//! convergence wait in [`progress`], Docker-shaped JSON and names in [`format`], table
+//! helpers in [`table`], `inspect` in [`inspect`].
 
 use std::io::Write;
 
@@ -17,8 +18,10 @@ use tonic::Code;
 use self::ps::{print_tasks, TaskFilter, TaskListFlags};
 use self::table::{format_arg, image_cell, natural_cmp, short_id, table, OutputFormat};
 use crate::client::Client;
+use crate::commands::network::network_id;
 use crate::commands::{failure_message, DaemonError, OrDaemonError};
 
+pub mod endpoint;
 pub mod format;
 pub mod inspect;
 pub mod opts;
@@ -30,7 +33,8 @@ pub mod table;
 #[derive(Debug, Subcommand)]
 pub enum ServiceCommand {
     /// Create a new service
-    Create(opts::CreateArgs),
+    // Boxed: the flag structs of create and update dwarf the other commands'.
+    Create(Box<opts::CreateArgs>),
     /// List services
     #[command(visible_alias = "list")]
     Ls(LsArgs),
@@ -41,7 +45,7 @@ pub enum ServiceCommand {
     /// Scale one or multiple replicated services
     Scale(ScaleArgs),
     /// Update a service
-    Update(opts::UpdateArgs),
+    Update(Box<opts::UpdateArgs>),
     /// Remove one or more services
     #[command(visible_alias = "remove")]
     Rm(RmArgs),
@@ -100,12 +104,12 @@ fn scale_arg(s: &str) -> Result<(String, String), String> {
 /// Runs a `service` subcommand.
 pub async fn run(client: &Client, command: ServiceCommand) -> anyhow::Result<i32> {
     match command {
-        ServiceCommand::Create(args) => create(client, args).await,
+        ServiceCommand::Create(args) => create(client, *args).await,
         ServiceCommand::Ls(args) => ls(client, args).await,
         ServiceCommand::Ps(args) => service_ps(client, args).await,
         ServiceCommand::Inspect(args) => inspect::inspect(client, args).await,
         ServiceCommand::Scale(args) => scale(client, args).await,
-        ServiceCommand::Update(args) => update(client, args).await,
+        ServiceCommand::Update(args) => update(client, *args).await,
         ServiceCommand::Rm(args) => rm(client, args).await,
     }
 }
@@ -194,6 +198,69 @@ fn list_image(service: &pb::Service) -> String {
     image_cell(image, false)
 }
 
+/// Docker's PORTS cell: the ingress ports the leader published, sorted by protocol then
+/// port, runs of consecutive ports folded into ranges (`*:8080-8081->80-81/tcp`), comma
+/// separated. Host-mode ports are not shown, as Docker does not show them.
+fn ports_cell(service: &pb::Service) -> String {
+    let mut ports: Vec<&pb::PortConfig> = service
+        .endpoint
+        .iter()
+        .flat_map(|e| &e.ports)
+        .filter(|p| p.publish_mode() == pb::PublishMode::Ingress)
+        .collect();
+    // Docker sorts by the protocol's name, which is tcp before udp as the enum is.
+    ports.sort_by_key(|p| (p.protocol, p.published_port));
+    struct Run {
+        published: (u32, u32),
+        target: (u32, u32),
+        protocol: pb::PortProtocol,
+    }
+    let text = |r: &Run| {
+        let range = |(start, end): (u32, u32)| {
+            if end > start {
+                format!("{start}-{end}")
+            } else {
+                start.to_string()
+            }
+        };
+        format!(
+            "*:{}->{}/{}",
+            range(r.published),
+            range(r.target),
+            format::protocol_name(r.protocol)
+        )
+    };
+    let mut cells = Vec::new();
+    let mut run: Option<Run> = None;
+    for p in ports {
+        if let Some(r) = &mut run {
+            // Docker's rule (its `serviceContext.Ports`): a port extends the run when it has
+            // the run's protocol and follows it on both sides, and the run is not a range of
+            // targets that the port's target falls back into.
+            // Go's unsigned subtraction: a smaller port wraps around and does not follow.
+            let is_range = r.target.1 != r.target.0;
+            let follows = p.protocol() == r.protocol
+                && p.published_port.wrapping_sub(r.published.1) <= 1
+                && p.target_port.wrapping_sub(r.target.1) <= 1;
+            if follows && !(is_range && p.target_port <= r.target.1) {
+                r.published.1 = p.published_port;
+                r.target.1 = p.target_port;
+                continue;
+            }
+            if r.published.0 > 0 {
+                cells.push(text(r));
+            }
+        }
+        run = Some(Run {
+            published: (p.published_port, p.published_port),
+            target: (p.target_port, p.target_port),
+            protocol: p.protocol(),
+        });
+    }
+    cells.extend(run.as_ref().filter(|r| r.published.0 > 0).map(text));
+    cells.join(", ")
+}
+
 /// Writes `service ls` output, services sorted by name.
 fn write_services(
     services: &mut [pb::Service],
@@ -218,18 +285,19 @@ fn write_services(
             s.spec.as_ref().map_or("", format::mode_name),
             replicas_text(s, counts.get(&id)),
             list_image(s),
+            ports_cell(s),
         )
     };
     match args.format {
         OutputFormat::Json => {
             for s in services.iter() {
-                let (id, name, mode, replicas, image) = row(s);
+                let (id, name, mode, replicas, image, ports) = row(s);
                 let doc = serde_json::json!({
                     "ID": id,
                     "Image": image,
                     "Mode": mode,
                     "Name": name,
-                    "Ports": "",
+                    "Ports": ports,
                     "Replicas": replicas,
                 });
                 writeln!(out, "{doc}")?;
@@ -240,8 +308,8 @@ fn write_services(
             let mut t = table(out);
             writeln!(t, "ID\tNAME\tMODE\tREPLICAS\tIMAGE\tPORTS")?;
             for s in services.iter() {
-                let (id, name, mode, replicas, image) = row(s);
-                writeln!(t, "{id}\t{name}\t{mode}\t{replicas}\t{image}\t")?;
+                let (id, name, mode, replicas, image, ports) = row(s);
+                writeln!(t, "{id}\t{name}\t{mode}\t{replicas}\t{image}\t{ports}")?;
             }
             t.flush()
         }
@@ -360,6 +428,36 @@ async fn scale(client: &Client, args: ScaleArgs) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// Resolves the networks `update` names to ids (Docker's `updateNetworks` inspects each,
+/// so that an unknown network is an error naming it) and reads the ports the leader
+/// published.
+async fn update_lookups(
+    client: &Client,
+    service: &pb::Service,
+    args: &opts::UpdateArgs,
+) -> anyhow::Result<opts::UpdateLookups> {
+    let mut network_ids = std::collections::HashMap::new();
+    let references = args
+        .network_add
+        .iter()
+        .map(|n| &n.target)
+        .chain(&args.network_rm);
+    for reference in references {
+        if !network_ids.contains_key(reference) {
+            let id = network_id(client, reference).await?;
+            network_ids.insert(reference.clone(), id);
+        }
+    }
+    Ok(opts::UpdateLookups {
+        network_ids,
+        allocated_ports: service
+            .endpoint
+            .as_ref()
+            .map(|e| e.ports.clone())
+            .unwrap_or_default(),
+    })
+}
+
 /// `service update`: reads the service, applies the flags (or asks for the previous spec
 /// with `--rollback`), writes it with the version read, prints the name, and waits unless
 /// `--detach`.
@@ -368,7 +466,8 @@ async fn update(client: &Client, args: opts::UpdateArgs) -> anyhow::Result<i32> 
     let service = get_service(client, &args.service).await?;
     let mut spec = service.spec.clone().unwrap_or_default();
     if !args.rollback {
-        opts::update_spec(&mut spec, &args)?;
+        let lookups = update_lookups(client, &service, &args).await?;
+        opts::update_spec(&mut spec, &args, &lookups)?;
     }
     client
         .control()
@@ -432,6 +531,55 @@ mod tests {
         }
     }
 
+    fn published(ports: &[(u32, u32, pb::PortProtocol, pb::PublishMode)]) -> pb::Service {
+        pb::Service {
+            endpoint: Some(pb::Endpoint {
+                ports: ports
+                    .iter()
+                    .map(|&(published, target, protocol, mode)| pb::PortConfig {
+                        name: String::new(),
+                        protocol: protocol as i32,
+                        target_port: target,
+                        published_port: published,
+                        publish_mode: mode as i32,
+                    })
+                    .collect(),
+                virtual_ips: vec![],
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn ports_column_like_docker() {
+        use pb::PortProtocol::{Tcp, Udp};
+        use pb::PublishMode::{Host, Ingress};
+        assert_eq!(ports_cell(&published(&[])), "");
+        assert_eq!(
+            ports_cell(&published(&[(8080, 80, Tcp, Ingress)])),
+            "*:8080->80/tcp"
+        );
+        // Docker's `TestServiceContext_Ports` (without its sctp ports), plus a host-mode
+        // port, which is left out.
+        let mut ports = vec![(81, 80, Tcp, Ingress), (80, 80, Tcp, Ingress)];
+        ports.extend((90..=95).rev().map(|p| (p, p, Tcp, Ingress)));
+        ports.extend([95, 90, 96, 91, 92, 93, 94].map(|p| (p, p, Udp, Ingress)));
+        ports.extend([(60, 60, Tcp, Ingress), (61, 61, Tcp, Ingress)]);
+        ports.extend([(62, 61, Tcp, Ingress), (8080, 80, Tcp, Host)]);
+        assert_eq!(
+            ports_cell(&published(&ports)),
+            "*:60-61->60-61/tcp, *:62->61/tcp, *:80-81->80/tcp, *:90-95->90-95/tcp, \
+             *:90-96->90-96/udp"
+        );
+        assert_eq!(
+            ports_cell(&published(&[
+                (30000, 80, Tcp, Ingress),
+                (53, 53, Udp, Ingress)
+            ])),
+            "*:30000->80/tcp, *:53->53/udp"
+        );
+    }
+
     #[test]
     fn ls_table_and_json() {
         let mut services = vec![
@@ -448,6 +596,8 @@ mod tests {
                 "busybox",
             ),
         ];
+        services[0].endpoint =
+            published(&[(8080, 80, pb::PortProtocol::Tcp, pb::PublishMode::Ingress)]).endpoint;
         let counts: HashMap<String, pb::ServiceCounts> = [(
             "web0123456789abcdef".to_string(),
             pb::ServiceCounts {
@@ -472,7 +622,7 @@ mod tests {
             [
                 "ID             NAME      MODE         REPLICAS   IMAGE          PORTS",
                 "mon012345678   mon       global       0/0        busybox",
-                "web012345678   web       replicated   2/3        busybox:1.36",
+                "web012345678   web       replicated   2/3        busybox:1.36   *:8080->80/tcp",
             ]
         );
         let mut out = Vec::new();
@@ -487,7 +637,7 @@ mod tests {
         assert_eq!(
             text.lines().nth(1),
             Some(
-                r#"{"ID":"web012345678","Image":"busybox:1.36","Mode":"replicated","Name":"web","Ports":"","Replicas":"2/3"}"#
+                r#"{"ID":"web012345678","Image":"busybox:1.36","Mode":"replicated","Name":"web","Ports":"*:8080->80/tcp","Replicas":"2/3"}"#
             )
         );
         let mut out = Vec::new();

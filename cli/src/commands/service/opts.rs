@@ -5,7 +5,8 @@
 //! constraints sorted).
 //!
 //! Everything here is pure: the commands read the service, call [`create_spec`] or
-//! [`update_spec`], and send the result.
+//! [`update_spec`], and send the result. Ports, networks and the endpoint mode are read by
+//! [`super::endpoint`].
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -13,6 +14,10 @@ use clap::{Args, ValueEnum};
 use shoal_proto::cluster::v1 as pb;
 use shoal_proto::cluster::v1::service_spec::Mode;
 
+use super::endpoint::{
+    self, parse_network, parse_publish, parse_publish_rm, EndpointModeArg, EndpointUpdateError,
+    NetworkArg, PortRemoval, PublishArg,
+};
 use crate::units::{parse_cpus, parse_memory};
 
 /// Swarm's default delay between restarts (swarmkit `defaults.Service.Task.Restart.Delay`).
@@ -33,6 +38,9 @@ pub enum SpecError {
     /// `--rollback` with flags that change the spec.
     #[error("other flags may not be combined with --rollback")]
     RollbackWithChanges,
+    /// A network or port flag of `update` that does not fit the service.
+    #[error(transparent)]
+    Endpoint(#[from] EndpointUpdateError),
 }
 
 /// Errors of Go's `time.ParseDuration`, worded as Go words them.
@@ -229,6 +237,9 @@ pub struct ServiceFlags {
         default_missing_value = "true"
     )]
     pub read_only: Option<bool>,
+    /// Endpoint mode (vip or dnsrr) [default: vip]
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub endpoint_mode: Option<EndpointModeArg>,
     /// Exit immediately instead of waiting for the service to converge
     #[arg(short, long)]
     pub detach: bool,
@@ -258,6 +269,7 @@ impl ServiceFlags {
             || self.restart_changed()
             || self.stop_grace_period.is_some()
             || self.read_only.is_some()
+            || self.endpoint_mode.is_some()
     }
 
     /// Applies the container, resource and restart flags to `task` (not `--replicas`).
@@ -332,6 +344,13 @@ pub struct CreateArgs {
     /// Container labels
     #[arg(long = "container-label", value_name = "KEY=VALUE")]
     pub container_labels: Vec<String>,
+    /// Network attachments (NAME, or name=NAME,alias=ALIAS)
+    #[arg(long = "network", value_name = "NETWORK", value_parser = parse_network)]
+    pub networks: Vec<NetworkArg>,
+    /// Publish a port as a node port (PUBLISHED:TARGET[/PROTOCOL], TARGET, or
+    /// published=P,target=T[,protocol=tcp|udp][,mode=ingress|host])
+    #[arg(short = 'p', long = "publish", value_name = "PORT", value_parser = parse_publish)]
+    pub publish: Vec<PublishArg>,
     /// Flags `service update` has too.
     #[command(flatten)]
     pub flags: ServiceFlags,
@@ -384,6 +403,19 @@ pub struct UpdateArgs {
     /// Remove a container label by its key
     #[arg(long = "container-label-rm", value_name = "KEY")]
     pub container_label_rm: Vec<String>,
+    /// Add a network (NAME, or name=NAME,alias=ALIAS)
+    #[arg(long = "network-add", value_name = "NETWORK", value_parser = parse_network)]
+    pub network_add: Vec<NetworkArg>,
+    /// Remove a network
+    #[arg(long = "network-rm", value_name = "NETWORK")]
+    pub network_rm: Vec<String>,
+    /// Add or update a published port
+    #[arg(long = "publish-add", value_name = "PORT", value_parser = parse_publish)]
+    pub publish_add: Vec<PublishArg>,
+    /// Remove a published port by its published port (PUBLISHED[/PROTOCOL]; a port nothing
+    /// is published on is read as a target port, as Docker reads it)
+    #[arg(long = "publish-rm", value_name = "PORT", value_parser = parse_publish_rm)]
+    pub publish_rm: Vec<PortRemoval>,
     /// Flags `service create` has too.
     #[command(flatten)]
     pub flags: ServiceFlags,
@@ -406,6 +438,10 @@ impl UpdateArgs {
             || !self.label_rm.is_empty()
             || !self.container_label_add.is_empty()
             || !self.container_label_rm.is_empty()
+            || !self.network_add.is_empty()
+            || !self.network_rm.is_empty()
+            || !self.publish_add.is_empty()
+            || !self.publish_rm.is_empty()
             || self.flags.changes_spec()
     }
 
@@ -553,6 +589,13 @@ pub fn create_spec(args: &CreateArgs) -> Result<pb::ServiceSpec, SpecError> {
         labels: parse_labels(&args.labels),
         task: Some(task),
         mode: Some(mode),
+        networks: args.networks.iter().map(Into::into).collect(),
+        // Docker always sends an endpoint spec, with the mode set.
+        endpoint: Some(pb::EndpointSpec {
+            mode: pb::EndpointMode::from(args.flags.endpoint_mode.unwrap_or(EndpointModeArg::Vip))
+                as i32,
+            ports: endpoint::create_ports(&args.publish),
+        }),
     })
 }
 
@@ -574,8 +617,22 @@ fn update_labels(labels: &mut HashMap<String, String>, remove: &[String], add: &
     labels.extend(parse_labels(add));
 }
 
+/// What `service update` reads from the cluster before applying its flags.
+#[derive(Debug, Default)]
+pub struct UpdateLookups {
+    /// The `--network-add` and `--network-rm` references, mapped to network ids.
+    pub network_ids: HashMap<String, String>,
+    /// The ports the leader published for the service (its endpoint), so that
+    /// `--publish-rm` finds a port whose published port the leader picked.
+    pub allocated_ports: Vec<pb::PortConfig>,
+}
+
 /// `service update`'s changes applied to the spec read from the daemon.
-pub fn update_spec(spec: &mut pb::ServiceSpec, args: &UpdateArgs) -> Result<(), SpecError> {
+pub fn update_spec(
+    spec: &mut pb::ServiceSpec,
+    args: &UpdateArgs,
+    lookups: &UpdateLookups,
+) -> Result<(), SpecError> {
     update_labels(&mut spec.labels, &args.label_rm, &args.label_add);
     if let Some(replicas) = args.flags.replicas {
         set_replicas(spec, replicas)?;
@@ -624,6 +681,28 @@ pub fn update_spec(spec: &mut pb::ServiceSpec, args: &UpdateArgs) -> Result<(), 
     if args.force {
         task.force_update += 1;
     }
+    if let Some(mode) = args.flags.endpoint_mode {
+        spec.endpoint
+            .get_or_insert_with(Default::default)
+            .set_mode(mode.into());
+    }
+    if !args.publish_add.is_empty() || !args.publish_rm.is_empty() {
+        let endpoint_spec = spec.endpoint.get_or_insert_with(Default::default);
+        endpoint::update_ports(
+            &mut endpoint_spec.ports,
+            &lookups.allocated_ports,
+            &args.publish_rm,
+            &args.publish_add,
+        )?;
+    }
+    if !args.network_add.is_empty() || !args.network_rm.is_empty() {
+        endpoint::update_networks(
+            &mut spec.networks,
+            &args.network_rm,
+            &args.network_add,
+            &lookups.network_ids,
+        )?;
+    }
     Ok(())
 }
 
@@ -653,6 +732,10 @@ mod tests {
             Cmd::Update(a) => a,
             Cmd::Create(_) => unreachable!(),
         }
+    }
+
+    fn none() -> UpdateLookups {
+        UpdateLookups::default()
     }
 
     fn container(spec: &pb::ServiceSpec) -> &pb::ContainerSpec {
@@ -868,7 +951,7 @@ mod tests {
         ]))
         .expect("valid");
         let before = spec.clone();
-        update_spec(&mut spec, &update(&["web"])).expect("valid");
+        update_spec(&mut spec, &update(&["web"]), &none()).expect("valid");
         assert_eq!(spec, before);
 
         update_spec(
@@ -902,6 +985,7 @@ mod tests {
                 "--force",
                 "web",
             ]),
+            &none(),
         )
         .expect("valid");
         assert_eq!(
@@ -943,7 +1027,7 @@ mod tests {
     fn update_refuses_replicas_of_global_and_rollback_with_changes() {
         let mut spec = create_spec(&create(&["--mode", "global", "busybox"])).expect("valid");
         assert_eq!(
-            update_spec(&mut spec, &update(&["--replicas", "2", "web"])),
+            update_spec(&mut spec, &update(&["--replicas", "2", "web"]), &none()),
             Err(SpecError::ReplicasWithGlobal)
         );
         assert_eq!(
@@ -953,6 +1037,163 @@ mod tests {
         assert_eq!(
             update(&["--rollback", "-d", "web"]).check_rollback(),
             Ok(())
+        );
+    }
+
+    fn ingress(published: u32, target: u32, protocol: pb::PortProtocol) -> pb::PortConfig {
+        pb::PortConfig {
+            name: String::new(),
+            protocol: protocol as i32,
+            target_port: target,
+            published_port: published,
+            publish_mode: pb::PublishMode::Ingress as i32,
+        }
+    }
+
+    #[test]
+    fn create_reads_networks_ports_and_endpoint_mode() {
+        let spec = create_spec(&create(&["busybox"])).expect("valid");
+        assert!(spec.networks.is_empty());
+        assert_eq!(
+            spec.endpoint,
+            Some(pb::EndpointSpec {
+                mode: pb::EndpointMode::Vip as i32,
+                ports: vec![],
+            })
+        );
+        let spec = create_spec(&create(&[
+            "--network",
+            "front",
+            "--network",
+            "name=back,alias=db",
+            "-p",
+            "8080:80",
+            "--publish",
+            "53/udp",
+            "--publish",
+            "published=9000,target=90,mode=host",
+            "--endpoint-mode",
+            "dnsrr",
+            "busybox",
+        ]))
+        .expect("valid");
+        let targets: Vec<(&str, &[String])> = spec
+            .networks
+            .iter()
+            .map(|n| (n.target.as_str(), n.aliases.as_slice()))
+            .collect();
+        assert_eq!(
+            targets,
+            [("front", &[][..]), ("back", &["db".to_string()][..])]
+        );
+        let endpoint = spec.endpoint.expect("endpoint spec");
+        assert_eq!(endpoint.mode(), pb::EndpointMode::Dnsrr);
+        let mut host = ingress(9000, 90, pb::PortProtocol::Tcp);
+        host.set_publish_mode(pb::PublishMode::Host);
+        assert_eq!(
+            endpoint.ports,
+            [
+                ingress(8080, 80, pb::PortProtocol::Tcp),
+                ingress(0, 53, pb::PortProtocol::Udp),
+                host
+            ]
+        );
+        // Bad values are usage errors that name the value.
+        for (args, needle) in [
+            (&["-p", "8080:http", "busybox"][..], "8080:http"),
+            (&["-p", "published=80", "busybox"], "published=80"),
+            (&["--endpoint-mode", "rr", "busybox"], "rr"),
+            (&["--network", "alias=x", "busybox"], "alias=x"),
+        ] {
+            let argv = ["x", "create"].iter().chain(args);
+            let err = Cmd::try_parse_from(argv).expect_err("invalid");
+            assert!(err.to_string().contains(needle), "{err}");
+        }
+    }
+
+    #[test]
+    fn update_changes_networks_ports_and_endpoint_mode() {
+        let mut spec = create_spec(&create(&[
+            "--network",
+            "front",
+            "-p",
+            "8080:80",
+            "-p",
+            "9090",
+            "busybox",
+        ]))
+        .expect("valid");
+        // As the leader stores it: networks by id.
+        spec.networks[0].target = "id-front".into();
+        let lookups = UpdateLookups {
+            network_ids: [
+                ("front".to_string(), "id-front".to_string()),
+                ("back".to_string(), "id-back".to_string()),
+            ]
+            .into(),
+            allocated_ports: vec![
+                ingress(8080, 80, pb::PortProtocol::Tcp),
+                ingress(30001, 9090, pb::PortProtocol::Tcp),
+            ],
+        };
+        let args = update(&[
+            "--network-rm",
+            "front",
+            "--network-add",
+            "name=back,alias=db",
+            "--publish-rm",
+            "30001",
+            "--publish-add",
+            "8081:81/udp",
+            "--endpoint-mode",
+            "dnsrr",
+            "web",
+        ]);
+        assert_eq!(
+            args.check_rollback(),
+            Ok(()),
+            "no --rollback, nothing to refuse"
+        );
+        update_spec(&mut spec, &args, &lookups).expect("valid");
+        assert_eq!(
+            spec.networks,
+            [pb::NetworkAttachmentConfig {
+                target: "id-back".into(),
+                aliases: vec!["db".into()],
+            }]
+        );
+        let endpoint = spec.endpoint.as_ref().expect("endpoint spec");
+        assert_eq!(endpoint.mode(), pb::EndpointMode::Dnsrr);
+        assert_eq!(
+            endpoint.ports,
+            [
+                ingress(8080, 80, pb::PortProtocol::Tcp),
+                ingress(8081, 81, pb::PortProtocol::Udp)
+            ]
+        );
+        assert_eq!(
+            update_spec(
+                &mut spec,
+                &update(&["--network-add", "back", "web"]),
+                &lookups
+            ),
+            Err(SpecError::Endpoint(EndpointUpdateError::AlreadyAttached(
+                "back".into()
+            )))
+        );
+        assert_eq!(
+            update_spec(
+                &mut spec,
+                &update(&["--publish-rm", "7000", "web"]),
+                &lookups
+            ),
+            Err(SpecError::Endpoint(EndpointUpdateError::NotPublished(
+                "7000/tcp".into()
+            )))
+        );
+        assert_eq!(
+            update(&["--rollback", "--publish-rm", "8080", "web"]).check_rollback(),
+            Err(SpecError::RollbackWithChanges)
         );
     }
 

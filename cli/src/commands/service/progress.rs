@@ -724,6 +724,30 @@ mod tests {
                 .collect();
             Ok(tonic::Response::new(pb::ListTasksResponse { tasks }))
         }
+        async fn create_network(
+            &self,
+            _: tonic::Request<pb::CreateNetworkRequest>,
+        ) -> Result<tonic::Response<pb::CreateNetworkResponse>, tonic::Status> {
+            unimplemented()
+        }
+        async fn get_network(
+            &self,
+            _: tonic::Request<pb::GetNetworkRequest>,
+        ) -> Result<tonic::Response<pb::GetNetworkResponse>, tonic::Status> {
+            unimplemented()
+        }
+        async fn list_networks(
+            &self,
+            _: tonic::Request<pb::ListNetworksRequest>,
+        ) -> Result<tonic::Response<pb::ListNetworksResponse>, tonic::Status> {
+            unimplemented()
+        }
+        async fn remove_network(
+            &self,
+            _: tonic::Request<pb::RemoveNetworkRequest>,
+        ) -> Result<tonic::Response<pb::RemoveNetworkResponse>, tonic::Status> {
+            unimplemented()
+        }
         async fn get_cluster(
             &self,
             _: tonic::Request<pb::GetClusterRequest>,

@@ -345,6 +345,7 @@ mod tests {
             service_name: "old-name".into(),
             not_before: 0,
             restarts: 0,
+            networks: Vec::new(),
         }
     }
 

@@ -11,7 +11,7 @@ use shoal_manager::controlapi::{ControlApi, RaftControl};
 use shoal_manager::objects::{self, new_meta};
 use shoal_manager::propose::{LocalProposer, ProposeError, Proposer};
 use shoal_manager::store::Store;
-use shoal_manager::{orchestrator, scheduler};
+use shoal_manager::{allocator, orchestrator, scheduler};
 use shoal_proto::cluster::v1::service_spec::Mode;
 use shoal_proto::cluster::v1::*;
 
@@ -99,7 +99,7 @@ impl Leader {
         self.proposer.propose(actions).await.unwrap();
     }
 
-    /// Runs orchestrator and scheduler passes until neither has anything to write.
+    /// Runs orchestrator, allocator and scheduler passes until none has anything to write.
     async fn settle(&self) {
         for _ in 0..20 {
             let a = orchestrator::reconcile(&self.store.read(), 5);
@@ -107,16 +107,21 @@ impl Leader {
             if !a_empty {
                 self.proposer.propose(a).await.unwrap();
             }
+            let n = allocator::allocate(&self.store.read());
+            let n_empty = n.is_empty();
+            if !n_empty {
+                self.proposer.propose(n).await.unwrap();
+            }
             let s = scheduler::schedule(&self.store.read());
             let s_empty = s.is_empty();
             if !s_empty {
                 self.proposer.propose(s).await.unwrap();
             }
-            if a_empty && s_empty {
+            if a_empty && n_empty && s_empty {
                 return;
             }
         }
-        panic!("orchestrator and scheduler did not settle");
+        panic!("orchestrator, allocator and scheduler did not settle");
     }
 
     fn tasks(&self, service: &str) -> Vec<Task> {

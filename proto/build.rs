@@ -9,6 +9,7 @@ const PROTOS: &[&str] = &[
     "shoal/node/v1/system.proto",
     "shoal/node/v1/images.proto",
     "shoal/node/v1/containers.proto",
+    "shoal/node/v1/networks.proto",
     "shoal/cluster/v1/objects.proto",
     "shoal/cluster/v1/control.proto",
     "shoal/cluster/v1/swarm.proto",

@@ -13,6 +13,7 @@ use shoal_proto::cluster::v1::control_client::ControlClient;
 use shoal_proto::cluster::v1::swarm_client::SwarmClient;
 use shoal_proto::node::v1::containers_client::ContainersClient;
 use shoal_proto::node::v1::images_client::ImagesClient;
+use shoal_proto::node::v1::networks_client::NetworksClient;
 use shoal_proto::node::v1::system_client::SystemClient;
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -126,6 +127,11 @@ impl Client {
     /// `Control`: the cluster's control API (a manager's; a worker refuses it).
     pub fn control(&self) -> ControlClient<Channel> {
         ControlClient::new(self.channel.clone())
+    }
+
+    /// `Networks`: the node's own (bridge) networks, served on every node, in a swarm or not.
+    pub fn networks(&self) -> NetworksClient<Channel> {
+        NetworksClient::new(self.channel.clone())
     }
 }
 

@@ -207,6 +207,8 @@ pub fn allocate_network(
     state: &State,
     spec: &NetworkSpec,
 ) -> Result<NetworkAllocation, AllocError> {
+    // Every node routes the tasks' gateway bridge itself: an overlay there would be shadowed.
+    let gateway_bridge: Ipv4Net = "172.18.0.0/16".parse().expect("a valid CIDR");
     let taken: Vec<(Ipv4Net, &str)> = state
         .networks
         .values()
@@ -216,6 +218,7 @@ pub fn allocate_network(
                 n.spec.as_ref().map_or("", |s| s.name.as_str()),
             ))
         })
+        .chain(std::iter::once((gateway_bridge, "shoal_gwbridge")))
         .collect();
     let overlapping = |subnet: &Ipv4Net| {
         taken.iter().find(|(other, _)| {

@@ -263,6 +263,17 @@ impl ControlApi {
         Ok(self.proposer.propose(vec![action]).await?)
     }
 
+    /// Commits a new object and returns it with the version it was stored at.
+    async fn create_object<T: Clone + Into<Object>>(
+        &self,
+        mut object: T,
+        meta: impl FnOnce(&mut T) -> &mut Option<Meta>,
+    ) -> Result<T, Status> {
+        let index = self.write_one(objects::create(object.clone())).await?;
+        objects::set_version(meta(&mut object), index);
+        Ok(object)
+    }
+
     /// A node as answered: manager status filled from Raft. Every manager also runs an agent
     /// that beats to the leader, so a manager is reachable while its node is ready. (Computed
     /// from the node itself: callers hold the store's read lock, which must not be taken
@@ -436,7 +447,7 @@ impl ControlApi {
             let mut ipam = Ipam::from_state(&state);
             endpoint::allocate_endpoint(&state, &mut ipam, None, &spec, None)?
         };
-        let mut service = Service {
+        let service = Service {
             meta: new_meta(shoal_proto::transport::random_id()),
             spec: Some(spec),
             previous_spec: None,
@@ -444,8 +455,7 @@ impl ControlApi {
             spec_version: 1,
             endpoint: Some(endpoint),
         };
-        let index = self.write_one(objects::create(service.clone())).await?;
-        objects::set_version(&mut service.meta, index);
+        let service = self.create_object(service, |s| &mut s.meta).await?;
         Ok(CreateServiceResponse {
             service: Some(service),
         })
@@ -639,7 +649,7 @@ impl ControlApi {
             )));
         }
         let _alloc = self.alloc_lock.lock().await;
-        let mut network = {
+        let network = {
             let state = self.store.read();
             let taken = state
                 .networks
@@ -666,8 +676,7 @@ impl ControlApi {
                 allocation: Some(allocation),
             }
         };
-        let index = self.write_one(objects::create(network.clone())).await?;
-        objects::set_version(&mut network.meta, index);
+        let network = self.create_object(network, |n| &mut n.meta).await?;
         Ok(CreateNetworkResponse {
             network: Some(network),
         })

@@ -66,11 +66,11 @@ fn protocol_name(p: PortProtocol) -> &'static str {
     }
 }
 
-/// Ingress ports other services hold: (port, protocol) → service name and id.
-fn ingress_ports_taken(
+/// Ports other services publish: (port, protocol) → service name, id and publish mode.
+fn ports_taken(
     state: &State,
     except: Option<&str>,
-) -> HashMap<(u32, i32), (String, String)> {
+) -> HashMap<(u32, i32), (String, String, PublishMode)> {
     let mut taken = HashMap::new();
     for (id, service) in &state.services {
         if Some(id.as_str()) == except {
@@ -78,15 +78,43 @@ fn ingress_ports_taken(
         }
         let name = service.spec.as_ref().map_or("", |s| s.name.as_str());
         for port in service.endpoint.iter().flat_map(|e| &e.ports) {
-            if port.publish_mode() == PublishMode::Ingress {
-                taken.insert(
-                    (port.published_port, port.protocol),
-                    (name.to_string(), id.clone()),
-                );
+            let key = (port.published_port, port.protocol);
+            // An ingress holder is the one to report: it holds the port on every node.
+            if port.publish_mode() == PublishMode::Ingress || !taken.contains_key(&key) {
+                taken.insert(key, (name.to_string(), id.clone(), port.publish_mode()));
             }
         }
     }
     taken
+}
+
+/// Ports the nodes themselves use and no service may publish: VXLAN, and each node's cluster
+/// port (a published port answers on every address of a node, so it would take them over).
+fn reserved_ports(state: &State) -> HashMap<(u32, i32), String> {
+    let mut reserved = HashMap::new();
+    reserved.insert(
+        (4789, PortProtocol::Udp as i32),
+        "the overlay networks' VXLAN traffic".to_string(),
+    );
+    for node in state.nodes.values() {
+        let addrs = node
+            .status
+            .iter()
+            .map(|s| s.addr.as_str())
+            .chain(node.manager_status.iter().map(|m| m.addr.as_str()));
+        for addr in addrs {
+            if let Some(port) = addr
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u32>().ok())
+            {
+                reserved.insert(
+                    (port, PortProtocol::Tcp as i32),
+                    "the swarm's cluster traffic".to_string(),
+                );
+            }
+        }
+    }
+    reserved
 }
 
 /// The endpoint for `spec`: ports with published ports filled in, one VIP per network (VIP
@@ -99,7 +127,8 @@ pub fn allocate_endpoint(
     old: Option<&Endpoint>,
 ) -> Result<Endpoint, Status> {
     let endpoint_spec = spec.endpoint.clone().unwrap_or_default();
-    let taken = ingress_ports_taken(state, service_id);
+    let taken = ports_taken(state, service_id);
+    let reserved = reserved_ports(state);
     let mut mine: HashSet<(u32, i32)> = HashSet::new();
     let mut ports = Vec::new();
     for port in &endpoint_spec.ports {
@@ -136,6 +165,7 @@ pub fn allocate_endpoint(
                     && p.protocol == port.protocol
                     && p.publish_mode == port.publish_mode
                     && !taken.contains_key(&(p.published_port, p.protocol))
+                    && !reserved.contains_key(&(p.published_port, p.protocol))
                     && !mine.contains(&(p.published_port, p.protocol))
             });
             port.published_port = match before {
@@ -144,6 +174,7 @@ pub fn allocate_endpoint(
                     .clone()
                     .find(|p| {
                         !taken.contains_key(&(*p, port.protocol))
+                            && !reserved.contains_key(&(*p, port.protocol))
                             && !mine.contains(&(*p, port.protocol))
                             && !endpoint_spec
                                 .ports
@@ -160,11 +191,29 @@ pub fn allocate_endpoint(
             };
         }
         let key = (port.published_port, port.protocol);
-        if let Some((name, id)) = taken.get(&key).filter(|_| ingress) {
+        if let Some(what) = reserved.get(&key) {
             return Err(Status::invalid_argument(format!(
-                "port '{}' is already in use by service '{name}' ({id}) as an ingress port",
-                port.published_port
+                "port '{}/{}' is reserved for {what}",
+                port.published_port,
+                protocol_name(port.protocol())
             )));
+        }
+        // An ingress port is held on every node, so it clashes with any other publisher; two
+        // host-mode ports only clash on one node, which placement keeps apart (as Swarm).
+        match taken.get(&key) {
+            Some((name, id, PublishMode::Ingress)) => {
+                return Err(Status::invalid_argument(format!(
+                    "port '{}' is already in use by service '{name}' ({id}) as an ingress port",
+                    port.published_port
+                )));
+            }
+            Some((name, id, PublishMode::Host)) if ingress => {
+                return Err(Status::invalid_argument(format!(
+                    "port '{}' is already in use by service '{name}' ({id}) as a host-mode port",
+                    port.published_port
+                )));
+            }
+            _ => {}
         }
         if !mine.insert(key) {
             return Err(Status::invalid_argument(format!(

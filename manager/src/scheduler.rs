@@ -1,14 +1,14 @@
 //! The scheduler (leader only): places pending tasks on nodes. A node is eligible when it is
 //! ready and active, satisfies the task's constraints and has the reserved CPU and memory
-//! free; among eligible nodes the one running the fewest tasks of the service wins, then the
+//! free and none of the task's host-mode ports taken; among eligible nodes the one running the fewest tasks of the service wins, then the
 //! one running the fewest tasks overall (Swarm's spread). A task no node can take stays
 //! pending with the reason on the task, and is placed by a later pass when nodes or
 //! resources change. All placements of a pass go in one Raft entry.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use shoal_proto::cluster::v1::{Node, StoreAction, Task, TaskState};
+use shoal_proto::cluster::v1::{Node, PublishMode, StoreAction, Task, TaskState};
 use tokio::sync::watch;
 
 use crate::objects::{self, id_of, is_terminal, node_schedulable, now_nanos, touch};
@@ -21,6 +21,24 @@ struct NodeLoad {
     per_service: HashMap<String, usize>,
     cpu: i64,
     memory: i64,
+    /// Host-mode ports the node's tasks publish: (port, protocol).
+    host_ports: HashSet<(u32, i32)>,
+}
+
+/// The host-mode ports `task`'s service publishes (each binds on the task's node).
+fn host_ports(state: &State, task: &Task) -> Vec<(u32, i32)> {
+    state
+        .services
+        .get(&task.service_id)
+        .and_then(|s| s.endpoint.as_ref())
+        .map(|e| {
+            e.ports
+                .iter()
+                .filter(|p| p.publish_mode() == PublishMode::Host)
+                .map(|p| (p.published_port, p.protocol))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 fn reservations(task: &Task) -> (i64, i64) {
@@ -44,7 +62,7 @@ fn pending(task: &Task) -> bool {
 }
 
 /// Why no node took a task, in Swarm's words.
-fn reason(constraints: usize, resources: usize, unavailable: usize) -> String {
+fn reason(constraints: usize, resources: usize, ports: usize, unavailable: usize) -> String {
     let mut parts = Vec::new();
     if constraints > 0 {
         parts.push(format!(
@@ -56,6 +74,12 @@ fn reason(constraints: usize, resources: usize, unavailable: usize) -> String {
         parts.push(format!(
             "insufficient resources on {resources} node{}",
             if resources == 1 { "" } else { "s" }
+        ));
+    }
+    if ports > 0 {
+        parts.push(format!(
+            "host-mode port already in use on {ports} node{}",
+            if ports == 1 { "" } else { "s" }
         ));
     }
     if unavailable > 0 {
@@ -85,6 +109,7 @@ pub fn schedule(state: &State) -> Vec<StoreAction> {
             let (cpu, memory) = reservations(task);
             l.cpu = l.cpu.saturating_add(cpu);
             l.memory = l.memory.saturating_add(memory);
+            l.host_ports.extend(host_ports(state, task));
         }
     }
     let mut todo: Vec<&Task> = state.tasks.values().filter(|t| pending(t)).collect();
@@ -99,7 +124,8 @@ pub fn schedule(state: &State) -> Vec<StoreAction> {
             .map(|p| objects::parse_constraints(&p.constraints).unwrap_or_default())
             .unwrap_or_default();
         let (cpu, memory) = reservations(task);
-        let (mut no_constraint, mut no_resources, mut unavailable) = (0, 0, 0);
+        let ports = host_ports(state, task);
+        let (mut no_constraint, mut no_resources, mut no_port, mut unavailable) = (0, 0, 0, 0);
         let mut best: Option<(&Node, (usize, usize, &str))> = None;
         for (id, node) in &state.nodes {
             // Global tasks come with their node.
@@ -122,6 +148,10 @@ pub fn schedule(state: &State) -> Vec<StoreAction> {
                 no_resources += 1;
                 continue;
             }
+            if ports.iter().any(|p| l.host_ports.contains(p)) {
+                no_port += 1;
+                continue;
+            }
             let key = (
                 l.per_service.get(&task.service_id).copied().unwrap_or(0),
                 l.tasks,
@@ -141,6 +171,7 @@ pub fn schedule(state: &State) -> Vec<StoreAction> {
                 *l.per_service.entry(task.service_id.clone()).or_default() += 1;
                 l.cpu = l.cpu.saturating_add(cpu);
                 l.memory = l.memory.saturating_add(memory);
+                l.host_ports.extend(ports.iter().copied());
                 status.state = TaskState::Assigned as i32;
                 status.timestamp = now;
                 status.message = "scheduler assigned task to node".into();
@@ -148,7 +179,7 @@ pub fn schedule(state: &State) -> Vec<StoreAction> {
                 task.node_id = node_id;
             }
             None => {
-                let why = reason(no_constraint, no_resources, unavailable);
+                let why = reason(no_constraint, no_resources, no_port, unavailable);
                 if status.err == why && status.state == TaskState::Pending as i32 {
                     continue;
                 }

@@ -202,9 +202,40 @@ pub struct NodeRules {
     /// task then answers this node, whose conntrack entry undoes the DNAT, instead of the
     /// client directly. `oifname BRIDGE ct status dnat masquerade`.
     pub masquerade_dnat_on: Vec<String>,
+    /// DNATed connections from these sources that leave through the bridge are masqueraded
+    /// (`ip saddr NET oifname BRIDGE ct status dnat masquerade`): a container reaching a
+    /// published port that leads back onto its own bridge (hairpin), and the node itself
+    /// through 127.0.0.0/8 (which needs `route_localnet` on the bridge). Other clients keep
+    /// their own address.
+    pub hairpin: Vec<(Ipv4Net, String)>,
     /// Pairs of interface name patterns (nft wildcards such as `"sov*"`) between which
     /// forwarding is dropped, in both directions.
     pub isolate: Vec<(String, String)>,
+}
+
+/// `ip saddr NET`.
+fn saddr_in(net: &Ipv4Net) -> Statement<'static> {
+    match_expr(
+        Operator::EQ,
+        payload("ip", "saddr"),
+        Expression::Named(NamedExpression::Prefix(Prefix {
+            addr: Box::new(Expression::String(net.network().to_string().into())),
+            len: net.prefix_len().into(),
+        })),
+    )
+}
+
+/// `ct status dnat`.
+fn ct_status_dnat() -> Statement<'static> {
+    match_expr(
+        Operator::IN,
+        Expression::Named(NamedExpression::CT(CT {
+            key: "status".into(),
+            family: None,
+            dir: None,
+        })),
+        Expression::String("dnat".into()),
+    )
 }
 
 /// A service's virtual IP as seen from inside a task's namespace.
@@ -293,14 +324,7 @@ pub fn node_ruleset(rules: &NodeRules) -> Nftables<'static> {
         table.rule(
             "postrouting",
             vec![
-                match_expr(
-                    Operator::EQ,
-                    payload("ip", "saddr"),
-                    Expression::Named(NamedExpression::Prefix(Prefix {
-                        addr: Box::new(Expression::String(subnet.network().to_string().into())),
-                        len: subnet.prefix_len().into(),
-                    })),
-                ),
+                saddr_in(subnet),
                 match_expr(
                     Operator::NEQ,
                     meta(MetaKey::Oifname),
@@ -320,15 +344,23 @@ pub fn node_ruleset(rules: &NodeRules) -> Nftables<'static> {
                     meta(MetaKey::Oifname),
                     Expression::String(bridge.clone().into()),
                 ),
+                ct_status_dnat(),
+                Statement::Masquerade(None),
+            ],
+        );
+    }
+
+    for (source, bridge) in &rules.hairpin {
+        table.rule(
+            "postrouting",
+            vec![
+                saddr_in(source),
                 match_expr(
-                    Operator::IN,
-                    Expression::Named(NamedExpression::CT(CT {
-                        key: "status".into(),
-                        family: None,
-                        dir: None,
-                    })),
-                    Expression::String("dnat".into()),
+                    Operator::EQ,
+                    meta(MetaKey::Oifname),
+                    Expression::String(bridge.clone().into()),
                 ),
+                ct_status_dnat(),
                 Statement::Masquerade(None),
             ],
         );
@@ -734,6 +766,7 @@ mod tests {
             ],
             outbound_nat: vec![("172.18.0.0/16".parse().unwrap(), "shoal_gwbridge".into())],
             masquerade_dnat_on: vec!["ingress-br".into()],
+            hairpin: vec![("127.0.0.0/8".parse().unwrap(), "shoal0".into())],
             isolate: vec![("sov*".into(), "sing*".into())],
         }
     }
@@ -877,6 +910,14 @@ mod tests {
                 json!([
                     {"match": {"op": "==", "left": {"meta": {"key": "oifname"}},
                                "right": "ingress-br"}},
+                    {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}},
+                    {"masquerade": null},
+                ]),
+                json!([
+                    {"match": {"op": "==", "left": {"payload": {"protocol": "ip", "field": "saddr"}},
+                               "right": {"prefix": {"addr": "127.0.0.0", "len": 8}}}},
+                    {"match": {"op": "==", "left": {"meta": {"key": "oifname"}},
+                               "right": "shoal0"}},
                     {"match": {"op": "in", "left": {"ct": {"key": "status"}}, "right": "dnat"}},
                     {"masquerade": null},
                 ]),

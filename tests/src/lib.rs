@@ -92,6 +92,9 @@ pub struct Daemon {
     /// Holds the data root, the socket, the daemon's log and fixtures.
     dir: TempDir,
     child: Option<Child>,
+    /// The daemon's own network namespace (`ip netns` name), so that its bridges and nft
+    /// table never touch the host's and daemons of parallel tests do not share them.
+    netns: Option<String>,
 }
 
 impl Daemon {
@@ -105,6 +108,7 @@ impl Daemon {
             bins: Bins::locate(),
             dir,
             child: None,
+            netns: make_netns(),
         };
         daemon.spawn();
         daemon
@@ -164,7 +168,16 @@ impl Daemon {
             .append(true)
             .open(self.log_path())
             .map_err(|e| format!("open the daemon log: {e}"))?;
-        let child = Command::new(&self.bins.shoald)
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut cmd = Command::new("nsenter");
+                cmd.arg(format!("--net=/run/netns/{ns}"))
+                    .arg(&self.bins.shoald);
+                cmd
+            }
+            None => Command::new(&self.bins.shoald),
+        };
+        let child = cmd
             .arg("--data-root")
             .arg(self.data_root())
             .arg("-H")
@@ -332,10 +345,37 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         self.clean_up();
+        if let Some(ns) = self.netns.take() {
+            let _ = Command::new("ip").args(["netns", "del", &ns]).status();
+        }
         if std::thread::panicking() {
             eprintln!("--- shoald log ({}) ---\n{}", self.host(), self.log());
         }
     }
+}
+
+/// A fresh named network namespace with loopback up, or `None` where one cannot be made
+/// (not root, no iproute2): the daemon then shares the test's.
+fn make_netns() -> Option<String> {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let name = format!("shoal-t{}-{n}", std::process::id());
+    let ok = |args: &[&str]| {
+        Command::new("ip")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if !ok(&["netns", "add", &name]) {
+        return None;
+    }
+    if !ok(&["-n", &name, "link", "set", "lo", "up"]) {
+        let _ = ok(&["netns", "del", &name]);
+        return None;
+    }
+    Some(name)
 }
 
 /// Kills (SIGKILL) every process whose command line mentions `path`: the supervisors of

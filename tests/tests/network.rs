@@ -15,11 +15,12 @@ use std::time::Instant;
 use shoal_tests::cluster::{self, Cluster};
 use shoal_tests::swarm_util::*;
 
-/// httpd answering with the container's hostname (its short id).
+/// httpd answering with the container's hostname (its short id), logging each client's
+/// address to the container's log (`-v`).
 const WHOAMI: [&str; 3] = [
     "sh",
     "-c",
-    "hostname > /var/www/index.html; exec httpd -f -p 80 -h /var/www",
+    "hostname > /var/www/index.html; exec httpd -f -v -p 80 -h /var/www",
 ];
 
 /// Requests sent to see where a published port or a VIP leads.
@@ -96,6 +97,15 @@ fn sample(c: &Cluster, from: &str, addr: &str, port: u16) -> Result<BTreeSet<Str
         }
     }
     Ok(seen)
+}
+
+/// The ingress addresses `node`'s routing-mesh rules lead to.
+fn mesh_backends(c: &Cluster, node: &str) -> BTreeSet<String> {
+    c.exec_ok(node, &["nft", "list", "table", "ip", "shoal"])
+        .split(|ch: char| !(ch.is_ascii_digit() || ch == '.'))
+        .filter(|w| w.starts_with("10.0.0.") && w.split('.').count() == 4)
+        .map(str::to_string)
+        .collect()
 }
 
 /// IPv4 addresses in busybox `nslookup` output (the server's own lines excluded).
@@ -208,6 +218,38 @@ fn overlay_reaches_across_nodes_and_stays_isolated() {
     }
     assert_eq!(by_name, hostnames, "the VIP balances over every task");
 
+    // dnsrr: the name resolves to the task addresses themselves, no VIP.
+    create_service(
+        &c,
+        "manager1",
+        "rr",
+        &[
+            "--replicas",
+            "2",
+            "--network",
+            "front",
+            "--endpoint-mode",
+            "dnsrr",
+        ],
+        &WHOAMI,
+    );
+    wait_running(&c, "manager1", "rr", 2, |_| true);
+    let rr = wait_until(CONVERGE, "rr to resolve to its 2 tasks", || {
+        let by_name = nslookup(&c, &client_node, &cid, "rr");
+        let tasks = nslookup(&c, &client_node, &cid, "tasks.rr");
+        if by_name.len() == 2 && by_name == tasks {
+            Ok(by_name)
+        } else {
+            Err(format!("rr {by_name:?}, tasks.rr {tasks:?}"))
+        }
+    });
+    for addr in &rr {
+        assert!(
+            wget_in(&c, &client_node, &cid, &format!("http://{addr}/")).is_some(),
+            "dnsrr task {addr} does not answer"
+        );
+    }
+
     // Another overlay: neither its name nor its address is reachable.
     assert!(
         nslookup(&c, &client_node, &cid, "other").is_empty(),
@@ -239,7 +281,10 @@ fn overlay_reaches_across_nodes_and_stays_isolated() {
         "network rm of a network in use",
         "in use by service",
     );
-    c.shoal_ok("manager1", &["service", "rm", "web", "client", "other"]);
+    c.shoal_ok(
+        "manager1",
+        &["service", "rm", "web", "client", "other", "rr"],
+    );
     for net in ["front", "back"] {
         // Refused while the tasks are still stopping.
         wait_until(CONVERGE, &format!("network {net} to be removable"), || {
@@ -280,6 +325,58 @@ fn published_ports_answer_on_every_node() {
         });
     }
 
+    // Beyond Swarm: on the task's node the task sees the client's own address; through a
+    // node without a task it sees that node's ingress address.
+    let task_node = wait_running(&c, "manager1", "pub", 1, |n| n != "manager1")[0]
+        .node
+        .clone();
+    let other_node = if task_node == "worker1" {
+        "worker2"
+    } else {
+        "worker1"
+    };
+    let pub_container = task_container(&c, &task_node, "pub");
+    curl(
+        &c,
+        "manager1",
+        &format!("http://{}:8080/", c.addr(&task_node)),
+    )
+    .expect("the task's node answers");
+    curl(
+        &c,
+        "manager1",
+        &format!("http://{}:8080/", c.addr(other_node)),
+    )
+    .expect("the other worker answers");
+    let log = wait_until(CONVERGE, "httpd to log both clients", || {
+        // httpd logs to stderr, which `logs` writes to its own stderr (as Docker's).
+        let out = c.shoal(&task_node, &["container", "logs", &pub_container]);
+        let log = text(&out.stderr);
+        let clients = log.lines().filter(|l| l.contains("response:")).count();
+        if clients >= 2 {
+            Ok(log)
+        } else {
+            Err(log)
+        }
+    });
+    // `[::ffff:198.18.0.11]:46080: response:200` (httpd listens on both families).
+    let client_ips: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("response:"))
+        .filter_map(|l| {
+            let l = l.trim_start_matches('[').trim_start_matches("::ffff:");
+            l.split([']', ':']).next()
+        })
+        .collect();
+    assert!(
+        client_ips.contains(&m.as_str()),
+        "the task on {task_node} must see the client's own address {m}: {client_ips:?}"
+    );
+    assert!(
+        client_ips.iter().any(|ip| ip.starts_with("10.0.0.")),
+        "through {other_node} the task sees that node's ingress address: {client_ips:?}"
+    );
+
     // Scaled to two: the task-less manager balances over both.
     let started = Instant::now();
     c.shoal_ok("manager1", &["service", "scale", "pub=2"]);
@@ -301,10 +398,29 @@ fn published_ports_answer_on_every_node() {
     // A killed task: the mesh forgets it and finds its replacement.
     let victim = task_container(&c, "worker1", "pub");
     let short: String = victim.chars().take(12).collect();
+    let before = mesh_backends(&c, "manager1");
     let started = Instant::now();
     c.shoal_ok("worker1", &["container", "rm", "-f", &victim]);
+    // The rule update itself, seen on a node without a task (measured, not asserted).
+    let gone = wait_until(CONVERGE, "manager1's rules to drop the killed task", || {
+        let now = mesh_backends(&c, "manager1");
+        if now.len() < before.len() || (now != before && now.len() == before.len()) {
+            Ok(started.elapsed())
+        } else {
+            Err(format!("backends {now:?}"))
+        }
+    });
+    eprintln!("killed task dropped from manager1's rules after {gone:?}");
+    let mut dropped = None;
     wait_until(CONVERGE, "the mesh to drop the killed task", || {
         let seen = sample(&c, "worker2", &m, 8080)?;
+        if !seen.contains(&short) && dropped.is_none() {
+            dropped = Some(started.elapsed());
+            eprintln!(
+                "killed task gone from the mesh after {:?}",
+                started.elapsed()
+            );
+        }
         let now = task_hostnames(&c, "pub");
         if !seen.contains(&short) && now.len() == 2 && seen == now {
             Ok(())
@@ -373,6 +489,16 @@ fn published_ports_answer_on_every_node() {
         curl(&c, "manager1", &format!("http://{w1}:9090/")).is_none(),
         "a host-mode port must not answer on a node without the task"
     );
+    // A second task cannot bind the same host port on the one node it may use.
+    c.shoal_ok("manager1", &["service", "scale", "-d", "hostp=2"]);
+    wait_until(CONVERGE, "the second hostp task to wait for a port", || {
+        let ps = c.shoal_ok("manager1", &["service", "ps", "--no-trunc", "hostp"]);
+        if ps.contains("host-mode port already in use on 1 node") {
+            Ok(())
+        } else {
+            Err(ps)
+        }
+    });
 
     // A subnet too small for the replicas asked.
     c.shoal_ok(
@@ -404,6 +530,23 @@ fn published_ports_answer_on_every_node() {
         ),
         "six replicas on a /29",
         "not enough addresses",
+    );
+
+    // A worker daemon killed and restarted keeps serving its running tasks.
+    c.kill("worker1");
+    c.start("worker1");
+    let on_w1 = task_hostnames(&c, "pub");
+    wait_until(
+        CONVERGE,
+        "the mesh after worker1's daemon restarted",
+        || {
+            let seen = sample(&c, "worker2", &m, 8080)?;
+            if seen == on_w1 {
+                Ok(())
+            } else {
+                Err(format!("seen {seen:?}, want {on_w1:?}"))
+            }
+        },
     );
 
     c.shoal_ok("manager1", &["service", "rm", "pub", "hostp"]);

@@ -354,13 +354,15 @@ async fn control(
                     stop_container(&rt, id, grace(&task)).await;
                 }
             }
+            // The task will not run again: its addresses may go to another task, and a
+            // stopped task must not be a backend anywhere.
+            shared.network.release(&task_id).await;
             if !done {
                 report(&shared, &task_id, status(TaskState::Shutdown, "shutdown"));
                 done = true;
             }
             if desired == TaskState::Remove {
                 remove_container(&rt, &task, container.take()).await;
-                shared.network.release(&task_id).await;
                 // The task stays assigned until the reaper deletes it: wait for removal.
             }
             if wait_change(&mut rx).await.is_err() {

@@ -3,6 +3,8 @@
 //! task's observed state back, and programs the node's share of the cluster's networks. Knows the managers only through `shoal-proto`.
 
 pub mod agent;
+pub mod bridge;
 pub mod controller;
 pub mod images;
 pub mod network;
+pub mod table;

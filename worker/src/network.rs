@@ -23,6 +23,8 @@ use shoal_proto::cluster::v1::{EndpointMode, NetworkMap, PortProtocol, PublishMo
 use shoal_runtime::spec::NameFiles;
 use tokio::sync::{watch, Mutex};
 
+use crate::table::{self, NodeTable};
+
 /// The gateway bridge: every task's default route, masqueraded out (Docker's
 /// docker_gwbridge).
 pub const GW_BRIDGE: &str = "shoal_gwbridge";
@@ -30,6 +32,11 @@ pub const GW_BRIDGE: &str = "shoal_gwbridge";
 pub const GW_SUBNET: &str = "172.18.0.0/16";
 /// The address tasks' DNS server answers on, as Docker's.
 pub const DNS_ADDR: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 11);
+/// The node's loopback addresses, masqueraded when they reach a published port.
+const LOOPBACK_NET: Ipv4Net = match Ipv4Net::new(Ipv4Addr::new(127, 0, 0, 0), 8) {
+    Ok(net) => net,
+    Err(_) => panic!("127.0.0.0/8 is a valid prefix"),
+};
 /// IANA's VXLAN port.
 pub const VXLAN_PORT: u16 = 4789;
 /// Bytes VXLAN adds to each frame (outer IPv4, UDP, VXLAN and Ethernet headers).
@@ -112,9 +119,13 @@ struct Inner {
     sandboxes: HashMap<String, Sandbox>,
     overlays: HashMap<String, Overlay>,
     gateway_ready: bool,
-    node_rules: Option<NodeRules>,
-    /// The gateway bridge or the nft table may exist (unknown at start).
+    /// The gateway bridge may exist (unknown at start).
     leftovers: bool,
+    /// A map arrived from the dispatcher. Until then nothing is programmed: an empty map
+    /// after a restart would tear down what running tasks use.
+    map_known: bool,
+    /// Bridges and VXLAN devices no overlay needs (left by a previous run) were deleted.
+    swept: bool,
 }
 
 /// The node's networking for tasks.
@@ -123,6 +134,7 @@ pub struct NodeNetwork {
     root: PathBuf,
     map: watch::Sender<Arc<NetworkMap>>,
     upstreams: Arc<Upstreams>,
+    table: Arc<NodeTable>,
     inner: Mutex<Inner>,
 }
 
@@ -154,6 +166,15 @@ fn host_link(prefix: &str, task_id: &str, index: usize) -> String {
     format!("{prefix}{short}{index}")
 }
 
+/// Whether `name` has the shape [`host_link`] gives (so a sweep leaves other links alone).
+fn is_host_link(prefix: &str, name: &str) -> bool {
+    name.len() == prefix.len() + 9
+        && name.starts_with(prefix)
+        && name[prefix.len()..]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric())
+}
+
 fn parse_net(cidr: &str) -> Option<Ipv4Net> {
     cidr.parse().ok()
 }
@@ -171,7 +192,11 @@ fn gateway_net() -> Ipv4Net {
 impl NodeNetwork {
     /// The node's networking, keeping sandboxes under `root`. Finds the sandboxes a previous
     /// run left (their containers outlive the daemon) and serves their DNS again.
-    pub async fn new(node_id: String, root: PathBuf) -> Result<Arc<NodeNetwork>> {
+    pub async fn new(
+        node_id: String,
+        root: PathBuf,
+        table: Arc<NodeTable>,
+    ) -> Result<Arc<NodeNetwork>> {
         std::fs::create_dir_all(&root).map_err(io(format!("create {}", root.display())))?;
         let netlink = Netlink::new().await?;
         let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
@@ -180,13 +205,15 @@ impl NodeNetwork {
             root,
             map: watch::channel(Arc::new(NetworkMap::default())).0,
             upstreams: Arc::new(Upstreams::from_resolv_conf(&resolv)),
+            table,
             inner: Mutex::new(Inner {
                 netlink,
                 sandboxes: HashMap::new(),
                 overlays: HashMap::new(),
                 gateway_ready: false,
-                node_rules: None,
                 leftovers: true,
+                map_known: false,
+                swept: false,
             }),
         });
         this.recover().await;
@@ -205,14 +232,20 @@ impl NodeNetwork {
         Ok(this)
     }
 
+    /// Finds the sandboxes a previous run recorded and serves their DNS again; removes the
+    /// namespaces and host links no record accounts for (a run killed half way through).
     async fn recover(self: &Arc<Self>) {
         let Ok(entries) = std::fs::read_dir(&self.root) else {
             return;
         };
         let mut inner = self.inner.lock().await;
+        let mut unrecorded = Vec::new();
         for entry in entries.flatten() {
             let path = entry.path();
             if path.extension().is_none_or(|e| e != "json") {
+                if path.extension().is_none() && !path.with_extension("json").exists() {
+                    unrecorded.push(path);
+                }
                 continue;
             }
             let record: Option<SandboxRecord> = std::fs::read(&path)
@@ -220,29 +253,55 @@ impl NodeNetwork {
                 .and_then(|b| serde_json::from_slice(&b).ok());
             let ns_path = path.with_extension("");
             let Some(record) = record else {
+                let _ = NetNs::remove(&ns_path);
                 let _ = std::fs::remove_file(&path);
                 continue;
             };
             match NetNs::open(&ns_path) {
-                Ok(ns) => {
-                    let dns = self.serve_dns(&ns, &record);
-                    match dns {
-                        Ok(dns) => {
-                            inner.sandboxes.insert(
-                                record.task_id.clone(),
-                                Sandbox {
-                                    record,
-                                    path: ns_path,
-                                    dns,
-                                    vips: None,
-                                },
-                            );
-                        }
-                        Err(err) => tracing::warn!(%err, "serve DNS of a recovered sandbox"),
+                Ok(ns) => match self.serve_dns(&ns, &record) {
+                    Ok(dns) => {
+                        inner.sandboxes.insert(
+                            record.task_id.clone(),
+                            Sandbox {
+                                record,
+                                path: ns_path,
+                                dns,
+                                vips: None,
+                            },
+                        );
                     }
-                }
+                    Err(err) => tracing::warn!(%err, "serve DNS of a recovered sandbox"),
+                },
                 Err(_) => {
+                    let _ = NetNs::remove(&ns_path);
                     let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        for path in unrecorded {
+            if let Err(err) = NetNs::remove(&path) {
+                tracing::warn!(path = %path.display(), %err, "remove an unrecorded sandbox");
+            }
+        }
+        let keep: HashSet<String> = inner
+            .sandboxes
+            .values()
+            .flat_map(|s| s.record.host_links.iter().cloned())
+            .collect();
+        for prefix in ["sv", "sg"] {
+            let links = match inner.netlink.links_with_prefix(prefix).await {
+                Ok(links) => links,
+                Err(err) => {
+                    tracing::warn!(%err, "list sandbox links");
+                    continue;
+                }
+            };
+            for link in links
+                .iter()
+                .filter(|l| is_host_link(prefix, l) && !keep.contains(*l))
+            {
+                if let Err(err) = inner.netlink.delete_link(link).await {
+                    tracing::warn!(%link, %err, "delete an unrecorded sandbox link");
                 }
             }
         }
@@ -262,6 +321,7 @@ impl NodeNetwork {
     pub async fn set_map(&self, map: NetworkMap) {
         self.map.send_replace(Arc::new(map));
         let mut inner = self.inner.lock().await;
+        inner.map_known = true;
         if let Err(err) = self.program(&mut inner).await {
             tracing::warn!(%err, "program the node's networks");
         }
@@ -269,7 +329,21 @@ impl NodeNetwork {
 
     /// Makes the sandbox of `task`, or `None` when the task has no network and publishes no
     /// host-mode port (it then gets a namespace of its own with loopback only).
-    pub async fn prepare(&self, task: &Task) -> Result<Option<Prepared>> {
+    ///
+    /// The work runs detached, so a caller that is cancelled half way leaves a whole sandbox
+    /// (which `release` removes), never half of one.
+    pub async fn prepare(self: &Arc<Self>, task: &Task) -> Result<Option<Prepared>> {
+        let this = Arc::clone(self);
+        let task = task.clone();
+        tokio::spawn(async move { this.prepare_now(&task).await })
+            .await
+            .map_err(|err| NetworkError::Io {
+                what: "prepare a sandbox".to_string(),
+                source: std::io::Error::other(err),
+            })?
+    }
+
+    async fn prepare_now(&self, task: &Task) -> Result<Option<Prepared>> {
         let map = self.map();
         // A host-mode port is reached through the gateway bridge: such a task needs a
         // sandbox even without a network.
@@ -402,32 +476,22 @@ impl NodeNetwork {
     }
 
     fn serve_dns(&self, ns: &NetNs, record: &SandboxRecord) -> Result<tokio::task::JoinHandle<()>> {
-        let bind = SocketAddr::from((DNS_ADDR, 53));
-        let (udp, tcp) = ns
-            .run(|| -> std::io::Result<_> {
-                let udp = std::net::UdpSocket::bind(bind)?;
-                let tcp = std::net::TcpListener::bind(bind)?;
-                Ok((udp, tcp))
-            })?
-            .map_err(io(format!(
-                "bind the DNS server on {bind} in {}",
-                ns.path().display()
-            )))?;
         let resolver = Arc::new(TaskResolver {
             map: self.map.subscribe(),
             networks: record.attachments.iter().map(|(n, _)| n.clone()).collect(),
         });
-        let upstreams = Arc::clone(&self.upstreams);
-        let task = record.task_id.clone();
-        Ok(tokio::spawn(async move {
-            if let Err(err) = dns::serve(udp, Some(tcp), resolver, upstreams).await {
-                tracing::warn!(%task, %err, "task DNS server stopped");
-            }
-        }))
+        spawn_dns(ns, resolver, Arc::clone(&self.upstreams), &record.task_id)
     }
 
     /// Tears down the sandbox of a task whose container is gone. Unknown tasks are fine.
-    pub async fn release(&self, task_id: &str) {
+    /// Runs detached, like [`NodeNetwork::prepare`].
+    pub async fn release(self: &Arc<Self>, task_id: &str) {
+        let this = Arc::clone(self);
+        let task_id = task_id.to_string();
+        let _ = tokio::spawn(async move { this.release_now(&task_id).await }).await;
+    }
+
+    async fn release_now(&self, task_id: &str) {
         let mut inner = self.inner.lock().await;
         let Some(sandbox) = inner.sandboxes.remove(task_id) else {
             return;
@@ -448,7 +512,7 @@ impl NodeNetwork {
     }
 
     /// Releases every sandbox whose task is not in `keep` (after a full assignment set).
-    pub async fn retain(&self, keep: &HashSet<String>) {
+    pub async fn retain(self: &Arc<Self>, keep: &HashSet<String>) {
         let gone: Vec<String> = {
             let inner = self.inner.lock().await;
             inner
@@ -465,7 +529,7 @@ impl NodeNetwork {
 
     /// Removes everything: sandboxes, bridges, VXLAN devices and the nft table (the node left
     /// the swarm).
-    pub async fn shutdown(&self) {
+    pub async fn shutdown(self: &Arc<Self>) {
         let ids: Vec<String> = self.inner.lock().await.sandboxes.keys().cloned().collect();
         for id in ids {
             self.release(&id).await;
@@ -478,9 +542,8 @@ impl NodeNetwork {
         }
         let _ = inner.netlink.delete_link(GW_BRIDGE).await;
         inner.gateway_ready = false;
-        inner.node_rules = None;
-        if let Err(err) = nft::delete_table(None).await {
-            tracing::warn!(%err, "delete the node's nft table");
+        if let Err(err) = self.table.set(table::CLUSTER, NodeRules::default()).await {
+            tracing::warn!(%err, "empty the cluster's part of the node's nft table");
         }
     }
 
@@ -498,6 +561,12 @@ impl NodeNetwork {
         .expect("the prefix is valid");
         inner.netlink.add_address(GW_BRIDGE, gw).await?;
         netns::sysctl(None, "net/ipv4/ip_forward", "1")?;
+        // The node reaches a published port on 127.0.0.1 too (hairpin rule).
+        netns::sysctl(
+            None,
+            &format!("net/ipv4/conf/{GW_BRIDGE}/route_localnet"),
+            "1",
+        )?;
         inner.gateway_ready = true;
         Ok(())
     }
@@ -559,22 +628,53 @@ impl NodeNetwork {
             .flat_map(|a| &a.addresses)
             .find_map(|a| parse_ip(a));
         if let Some(addr) = own {
+            // Other nodes address this node's frames to the MAC derived from its address
+            // (their neighbour entries say so): the bridge must own that MAC to take them in.
             let net = Ipv4Net::new(addr, prefix).expect("prefix from a parsed subnet");
-            inner.netlink.add_address(&bridge, net).await?;
+            inner
+                .netlink
+                .configure(&bridge, None, Some(mac_for(addr)), net)
+                .await?;
         }
+        // What a previous run programmed, so that the first diff also removes stale entries.
+        let fdb: HashMap<[u8; 6], Ipv4Addr> = inner
+            .netlink
+            .fdb_entries(&vxlan)
+            .await?
+            .into_iter()
+            .collect();
+        let remote = inner
+            .netlink
+            .neighbours(&vxlan)
+            .await?
+            .into_iter()
+            .map(|(ip, mac)| (ip, fdb.get(&mac).copied().unwrap_or(Ipv4Addr::UNSPECIFIED)))
+            .collect();
         inner.overlays.insert(
             network_id.to_string(),
             Overlay {
                 bridge,
                 vxlan,
-                remote: BTreeMap::new(),
+                remote,
             },
         );
         Ok(())
     }
 
     /// Brings the kernel in line with the map and the local sandboxes.
+    /// Every step goes on when one fails (one broken network must not stop the others);
+    /// the first error is returned and the periodic pass tries again.
     async fn program(&self, inner: &mut Inner) -> Result<()> {
+        if !inner.map_known {
+            return Ok(());
+        }
+        let mut failed: Option<NetworkError> = None;
+        let mut note = |what: &str, res: Result<()>| {
+            if let Err(err) = res {
+                tracing::warn!(%err, "{what}");
+                failed.get_or_insert(err);
+            }
+        };
         let map = self.map();
         let me = self.node_id.as_str();
         let node_addr: HashMap<&str, Ipv4Addr> = map
@@ -619,18 +719,65 @@ impl NodeNetwork {
             .collect();
         for id in stale {
             if let Some(o) = inner.overlays.remove(&id) {
-                inner.netlink.delete_link(&o.vxlan).await?;
-                inner.netlink.delete_link(&o.bridge).await?;
+                note(
+                    "delete a VXLAN device",
+                    inner
+                        .netlink
+                        .delete_link(&o.vxlan)
+                        .await
+                        .map_err(Into::into),
+                );
+                note(
+                    "delete an overlay bridge",
+                    inner
+                        .netlink
+                        .delete_link(&o.bridge)
+                        .await
+                        .map_err(Into::into),
+                );
             }
         }
         if !needed.is_empty() {
             inner.leftovers = true;
-            self.ensure_gateway(inner).await?;
+            note(
+                "set up the gateway bridge",
+                self.ensure_gateway(inner).await,
+            );
         }
         for id in &needed {
-            if let Err(err) = self.ensure_overlay(inner, &map, id).await {
-                tracing::warn!(network = %id, %err, "set up an overlay network");
+            note(
+                "set up an overlay network",
+                self.ensure_overlay(inner, &map, id).await,
+            );
+        }
+        if !inner.swept {
+            // Devices of networks a previous run served and nobody needs now.
+            let mine: HashSet<String> = inner
+                .overlays
+                .values()
+                .flat_map(|o| [o.bridge.clone(), o.vxlan.clone()])
+                .collect();
+            let mut swept = true;
+            for prefix in ["svx", "sbr"] {
+                match inner.netlink.links_with_prefix(prefix).await {
+                    Ok(links) => {
+                        for link in links.iter().filter(|l| {
+                            !mine.contains(*l)
+                                && l[prefix.len()..].bytes().all(|b| b.is_ascii_digit())
+                        }) {
+                            note(
+                                "delete a stale overlay device",
+                                inner.netlink.delete_link(link).await.map_err(Into::into),
+                            );
+                        }
+                    }
+                    Err(err) => {
+                        swept = false;
+                        note("list overlay devices", Err(err.into()));
+                    }
+                }
             }
+            inner.swept = swept;
         }
 
         // Remote endpoints: tasks and nodes elsewhere, per network.
@@ -666,24 +813,37 @@ impl NodeNetwork {
                 let o = &inner.overlays[&id];
                 (o.vxlan.clone(), o.remote.clone())
             };
+            // Only what was written is remembered, so a failed entry is retried next pass.
+            let mut now = have.clone();
             for (ip, dst) in &want {
                 if have.get(ip) != Some(dst) {
-                    inner
-                        .netlink
-                        .fdb_replace(&vxlan, mac_for(*ip), *dst)
-                        .await?;
-                    inner
-                        .netlink
-                        .neigh_replace(&vxlan, *ip, mac_for(*ip))
-                        .await?;
+                    let res = async {
+                        inner
+                            .netlink
+                            .fdb_replace(&vxlan, mac_for(*ip), *dst)
+                            .await?;
+                        inner.netlink.neigh_replace(&vxlan, *ip, mac_for(*ip)).await
+                    }
+                    .await;
+                    if res.is_ok() {
+                        now.insert(*ip, *dst);
+                    }
+                    note("program a remote endpoint", res.map_err(Into::into));
                 }
             }
             for ip in have.keys().filter(|ip| !want.contains_key(ip)) {
-                inner.netlink.neigh_del(&vxlan, *ip).await?;
-                inner.netlink.fdb_del(&vxlan, mac_for(*ip)).await?;
+                let res = async {
+                    inner.netlink.neigh_del(&vxlan, *ip).await?;
+                    inner.netlink.fdb_del(&vxlan, mac_for(*ip)).await
+                }
+                .await;
+                if res.is_ok() {
+                    now.remove(ip);
+                }
+                note("remove a remote endpoint", res.map_err(Into::into));
             }
             if let Some(o) = inner.overlays.get_mut(&id) {
-                o.remote = want;
+                o.remote = now;
             }
         }
 
@@ -700,6 +860,10 @@ impl NodeNetwork {
         let live = |task_id: &str| running.contains(task_id) || !mapped.contains(task_id);
         let mut rules = NodeRules {
             outbound_nat: vec![(gateway_net(), GW_BRIDGE.to_string())],
+            hairpin: vec![
+                (gateway_net(), GW_BRIDGE.to_string()),
+                (LOOPBACK_NET, GW_BRIDGE.to_string()),
+            ],
             ..Default::default()
         };
         if let Some(o) = ingress.as_ref().and_then(|id| inner.overlays.get(id)) {
@@ -753,20 +917,28 @@ impl NodeNetwork {
             .ports
             .sort_by_key(|p| (p.port, p.protocol == Protocol::Udp));
         if needed.is_empty() && inner.sandboxes.is_empty() && rules.ports.is_empty() {
-            // Nothing of shoal's left on this node: no bridge, no table (also what a previous
-            // run may have left).
+            // Nothing of the cluster's left on this node: no bridge, no rules (also what a
+            // previous run may have left).
+            rules = NodeRules::default();
             if inner.leftovers {
-                inner.netlink.delete_link(GW_BRIDGE).await?;
-                inner.gateway_ready = false;
-                nft::delete_table(None).await?;
-                inner.node_rules = None;
-                inner.leftovers = false;
+                match inner.netlink.delete_link(GW_BRIDGE).await {
+                    Ok(()) => {
+                        inner.gateway_ready = false;
+                        inner.leftovers = false;
+                    }
+                    Err(err) => note("remove the gateway bridge", Err(err.into())),
+                }
             }
-        } else if inner.node_rules.as_ref() != Some(&rules) {
+        } else {
             inner.leftovers = true;
-            nft::apply(&nft::node_ruleset(&rules), None).await?;
-            inner.node_rules = Some(rules);
         }
+        note(
+            "apply the node's table",
+            self.table
+                .set(table::CLUSTER, rules)
+                .await
+                .map_err(Into::into),
+        );
 
         // Virtual IPs inside each sandbox.
         for sandbox in inner.sandboxes.values_mut() {
@@ -801,12 +973,41 @@ impl NodeNetwork {
                 }
             }
             if sandbox.vips.as_ref() != Some(&vips) {
-                nft::apply(&nft::vip_ruleset(&vips), Some(&sandbox.path)).await?;
-                sandbox.vips = Some(vips);
+                match nft::apply(&nft::vip_ruleset(&vips), Some(&sandbox.path)).await {
+                    Ok(()) => sandbox.vips = Some(vips),
+                    Err(err) => note("apply a sandbox's VIP table", Err(err.into())),
+                }
             }
         }
-        Ok(())
+        failed.map_or(Ok(()), Err)
     }
+}
+
+/// Serves DNS on [`DNS_ADDR`] inside `ns` (UDP and TCP) from `resolver`, forwarding the rest
+/// to `upstreams`; `owner` names the task or container in logs.
+pub(crate) fn spawn_dns(
+    ns: &NetNs,
+    resolver: Arc<dyn Resolve>,
+    upstreams: Arc<Upstreams>,
+    owner: &str,
+) -> Result<tokio::task::JoinHandle<()>> {
+    let bind = SocketAddr::from((DNS_ADDR, 53));
+    let (udp, tcp) = ns
+        .run(|| -> std::io::Result<_> {
+            let udp = std::net::UdpSocket::bind(bind)?;
+            let tcp = std::net::TcpListener::bind(bind)?;
+            Ok((udp, tcp))
+        })?
+        .map_err(io(format!(
+            "bind the DNS server on {bind} in {}",
+            ns.path().display()
+        )))?;
+    let owner = owner.to_string();
+    Ok(tokio::spawn(async move {
+        if let Err(err) = dns::serve(udp, Some(tcp), resolver, upstreams).await {
+            tracing::warn!(%owner, %err, "DNS server stopped");
+        }
+    }))
 }
 
 fn prepared(path: &Path) -> Prepared {
@@ -853,7 +1054,16 @@ impl Resolve for TaskResolver {
             Some(rest) => (true, rest),
             None => (false, name),
         };
-        let shared = |network_id: &str| self.networks.contains(network_id);
+        // The ingress network carries the routing mesh only: services that merely publish
+        // ports do not discover each other through it (as in Swarm).
+        let ingress = map
+            .networks
+            .iter()
+            .find(|n| n.spec.as_ref().is_some_and(|s| s.ingress))
+            .and_then(|n| n.meta.as_ref())
+            .map(|m| m.id.as_str());
+        let shared =
+            |network_id: &str| Some(network_id) != ingress && self.networks.contains(network_id);
         let service = map.services.iter().find(|s| {
             let on_shared = s.virtual_ips.iter().any(|v| shared(&v.network_id))
                 || map

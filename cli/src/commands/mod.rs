@@ -2,7 +2,7 @@
 //! and for the cluster `swarm`, `node`, `service`),
 //! Docker's flags, output and exit codes, and Docker's top-level shortcuts (`shoal run`,
 //! `shoal ps`, `shoal images`, …) mapped onto the same handlers. `network` manages the
-//! cluster's overlay networks.
+//! node's bridge networks and the cluster's overlay networks.
 //!
 //! Handlers return the process's exit code, or an error; [`failure_code`] maps an error to
 //! the exit code Docker would use and [`failure_message`] to the text it prints, so that

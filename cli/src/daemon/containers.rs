@@ -10,12 +10,16 @@ use std::time::{Duration, SystemTime};
 
 use shoal_proto::node::v1 as pb;
 use shoal_proto::node::v1::containers_server::Containers;
+use shoal_runtime::spec::NetworkMode;
 use shoal_runtime::{Container, ContainerError, Status as RunStatus};
+use shoal_worker::bridge::{Endpoint, LocalNetwork};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
-use super::convert::{exit_to_wire, spec_from_wire, stats_to_wire, summary_to_wire};
+use super::convert::{
+    exit_to_wire, ports_from_wire, ports_to_wire, spec_from_wire, stats_to_wire, summary_to_wire,
+};
 use super::error::{ApiError, Result};
 use super::follow::{follow, send_records};
 use super::reaper::wait_for_exit;
@@ -127,8 +131,11 @@ pub(super) async fn start_container(
             if c.spec.auto_remove {
                 let runtime = daemon.runtime.clone();
                 let id = c.id.clone();
-                if let Err(rm) = blocking(move || Ok(runtime.remove(&id, true)?)).await {
-                    tracing::warn!(container.id = %c.id, error = %rm, "cannot remove auto-remove container after a failed start");
+                match blocking(move || Ok(runtime.remove(&id, true)?)).await {
+                    Ok(()) => daemon.bridges.detach_container(&c.id).await,
+                    Err(rm) => {
+                        tracing::warn!(container.id = %c.id, error = %rm, "cannot remove auto-remove container after a failed start")
+                    }
                 }
             }
             Err(err)
@@ -142,13 +149,47 @@ impl Containers for ContainersApi {
         &self,
         request: Request<pb::CreateContainerRequest>,
     ) -> Result<Response<pb::CreateContainerResponse>, Status> {
-        let spec = request
+        let wire = request
             .into_inner()
             .spec
             .ok_or_else(|| ApiError::InvalidArgument("create: missing spec".into()))?;
-        let spec = spec_from_wire(spec)?;
+        let bridged = wire.network == pb::NetworkMode::Bridge as i32;
+        let ports = ports_from_wire(&wire.ports)?;
+        if !bridged && !ports.is_empty() {
+            return Err(ApiError::InvalidArgument(
+                "conflicting options: port publishing and the container type network mode".into(),
+            )
+            .into());
+        }
+        let (network, hostname) = (wire.network_name.clone(), wire.hostname.clone());
+        let mut spec = spec_from_wire(wire)?;
+        let bridges = &self.daemon.bridges;
+        let attached = if bridged {
+            let attached = bridges
+                .attach(&network, hostname.as_deref(), &ports)
+                .await
+                .map_err(ApiError::from)?;
+            spec.network = NetworkMode::Path(attached.netns.clone());
+            spec.names = Some(attached.names.clone());
+            Some(attached)
+        } else {
+            None
+        };
         let runtime = self.daemon.runtime.clone();
-        let c = blocking(move || Ok(runtime.create(spec)?)).await?;
+        let created = blocking(move || Ok(runtime.create(spec)?)).await;
+        let c = match (created, attached) {
+            (Ok(c), Some(attached)) => {
+                bridges.bind(&attached.endpoint_id, &c.id, &c.name).await;
+                c
+            }
+            (Ok(c), None) => c,
+            (Err(err), attached) => {
+                if let Some(attached) = attached {
+                    bridges.detach(&attached.endpoint_id).await;
+                }
+                return Err(err.into());
+            }
+        };
         tracing::info!(container.id = %c.id, container.name = %c.name, image = %c.image, "created");
         Ok(Response::new(pb::CreateContainerResponse {
             id: c.id,
@@ -211,6 +252,7 @@ impl Containers for ContainersApi {
         let runtime = self.daemon.runtime.clone();
         let id = c.id.clone();
         blocking(move || Ok(runtime.remove(&id, request.force)?)).await?;
+        self.daemon.bridges.detach_container(&c.id).await;
         tracing::info!(container.id = %c.id, "removed");
         Ok(Response::new(pb::RemoveContainerResponse {}))
     }
@@ -222,8 +264,18 @@ impl Containers for ContainersApi {
         let all = request.into_inner().all;
         let runtime = self.daemon.runtime.clone();
         let containers = blocking(move || Ok(runtime.list(all)?)).await?;
+        let mut ports = self.daemon.bridges.ports().await;
         Ok(Response::new(pb::ListContainersResponse {
-            containers: containers.iter().map(summary_to_wire).collect(),
+            containers: containers
+                .iter()
+                .map(|c| {
+                    let mut summary = summary_to_wire(c);
+                    if let Some(published) = ports.remove(&c.id) {
+                        summary.ports = ports_to_wire(&published);
+                    }
+                    summary
+                })
+                .collect(),
         }))
     }
 
@@ -232,8 +284,13 @@ impl Containers for ContainersApi {
         request: Request<pb::InspectContainerRequest>,
     ) -> Result<Response<pb::InspectContainerResponse>, Status> {
         let c = self.lookup(&request.into_inner().id).await?;
+        let endpoint = self.daemon.bridges.endpoint_of(&c.id).await;
         let runtime = self.daemon.runtime.clone();
-        let json = blocking(move || Ok(runtime.inspect(&c).to_string())).await?;
+        let mut doc = blocking(move || Ok(runtime.inspect(&c))).await?;
+        if let Some((endpoint, network)) = endpoint {
+            network_settings(&mut doc, &endpoint, &network);
+        }
+        let json = doc.to_string();
         Ok(Response::new(pb::InspectContainerResponse { json }))
     }
 
@@ -316,4 +373,39 @@ impl Containers for ContainersApi {
         .await?;
         Ok(Response::new(sample))
     }
+}
+
+/// Docker's `NetworkSettings` (and `HostConfig.NetworkMode`) of a container on a local
+/// network.
+fn network_settings(doc: &mut serde_json::Value, endpoint: &Endpoint, network: &LocalNetwork) {
+    let ip = endpoint.addr.addr().to_string();
+    let prefix = endpoint.addr.prefix_len();
+    let gateway = network.gateway.to_string();
+    let mac = endpoint.mac();
+    let mut ports = serde_json::Map::new();
+    for p in &endpoint.ports {
+        let key = format!("{}/{}", p.container_port, if p.udp { "udp" } else { "tcp" });
+        ports.insert(
+            key,
+            serde_json::json!([{"HostIp": "0.0.0.0", "HostPort": p.host_port.to_string()}]),
+        );
+    }
+    doc["HostConfig"]["NetworkMode"] = serde_json::json!(network.name);
+    doc["NetworkSettings"] = serde_json::json!({
+        "IPAddress": ip,
+        "IPPrefixLen": prefix,
+        "Gateway": gateway,
+        "MacAddress": mac,
+        "Ports": ports,
+        "Networks": {
+            network.name.clone(): {
+                "NetworkID": network.id,
+                "EndpointID": endpoint.id,
+                "IPAddress": ip,
+                "IPPrefixLen": prefix,
+                "Gateway": gateway,
+                "MacAddress": mac,
+            }
+        }
+    });
 }

@@ -12,6 +12,7 @@ use shoal_runtime::image::{ImageInfo, Removed};
 use shoal_runtime::logs::{LogRecord, Stream};
 use shoal_runtime::spec::NetworkMode;
 use shoal_runtime::{Container, ContainerSpec, State};
+use shoal_worker::bridge::Published;
 
 use super::error::{ApiError, Result};
 
@@ -20,6 +21,8 @@ pub fn spec_from_wire(spec: pb::ContainerSpec) -> Result<ContainerSpec> {
     let network = match pb::NetworkMode::try_from(spec.network) {
         Ok(pb::NetworkMode::None) => NetworkMode::None,
         Ok(pb::NetworkMode::Host) => NetworkMode::Host,
+        // The create handler attaches the container and sets its namespace.
+        Ok(pb::NetworkMode::Bridge) => NetworkMode::None,
         Err(_) => {
             return Err(ApiError::InvalidArgument(format!(
                 "unknown network mode {}",
@@ -53,6 +56,60 @@ pub fn spec_from_wire(spec: pb::ContainerSpec) -> Result<ContainerSpec> {
             .map(|label| (label.key, label.value))
             .collect(),
     })
+}
+
+/// Published ports from the wire, checked.
+pub fn ports_from_wire(ports: &[pb::PortBinding]) -> Result<Vec<Published>> {
+    ports
+        .iter()
+        .map(|p| {
+            if !matches!(p.host_ip.as_str(), "" | "0.0.0.0") {
+                return Err(ApiError::InvalidArgument(format!(
+                    "publishing on host address {} is not supported: ports are published on every address of the node (0.0.0.0)",
+                    p.host_ip
+                )));
+            }
+            let host_port = u16::try_from(p.host_port).map_err(|_| {
+                ApiError::InvalidArgument(format!("invalid host port {}", p.host_port))
+            })?;
+            let container_port = u16::try_from(p.container_port)
+                .ok()
+                .filter(|port| *port != 0)
+                .ok_or_else(|| {
+                    ApiError::InvalidArgument(format!(
+                        "invalid container port {}",
+                        p.container_port
+                    ))
+                })?;
+            let udp = match p.protocol.as_str() {
+                "" | "tcp" => false,
+                "udp" => true,
+                other => {
+                    return Err(ApiError::InvalidArgument(format!(
+                        "invalid protocol {other:?}: tcp or udp"
+                    )))
+                }
+            };
+            Ok(Published {
+                host_port,
+                container_port,
+                udp,
+            })
+        })
+        .collect()
+}
+
+/// Published ports on the wire (as `docker ps` shows them: every address of the node).
+pub fn ports_to_wire(ports: &[Published]) -> Vec<pb::PortBinding> {
+    ports
+        .iter()
+        .map(|p| pb::PortBinding {
+            host_ip: "0.0.0.0".into(),
+            host_port: p.host_port.into(),
+            container_port: p.container_port.into(),
+            protocol: if p.udp { "udp" } else { "tcp" }.into(),
+        })
+        .collect()
 }
 
 /// An image as listed.
@@ -111,6 +168,7 @@ pub fn summary_to_wire(c: &Container) -> pb::ContainerSummary {
         created: c.created.clone(),
         state: Some(state_to_wire(&c.state)),
         labels: labels_to_wire(&c.spec.labels),
+        ports: Vec::new(),
     }
 }
 

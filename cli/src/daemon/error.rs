@@ -69,6 +69,9 @@ pub enum ApiError {
     /// The daemon is shutting down and ends the stream.
     #[error("the daemon is shutting down")]
     ShuttingDown,
+    /// A local network or endpoint could not be made or removed.
+    #[error(transparent)]
+    Network(#[from] shoal_worker::bridge::BridgeError),
     /// A blocking task panicked or was cancelled.
     #[error("a daemon task failed")]
     Task(#[from] tokio::task::JoinError),
@@ -76,6 +79,24 @@ pub enum ApiError {
 
 /// Result alias of request handlers.
 pub type Result<T, E = ApiError> = std::result::Result<T, E>;
+
+fn network_code(err: &shoal_worker::bridge::BridgeError) -> Code {
+    use shoal_worker::bridge::BridgeError as E;
+    match err {
+        E::NotFound(_) => Code::NotFound,
+        E::Exists(_) => Code::AlreadyExists,
+        E::Predefined(_) | E::InUse { .. } | E::PortTaken { .. } | E::PortTakenBySwarm { .. } => {
+            Code::FailedPrecondition
+        }
+        E::Ambiguous { .. }
+        | E::BadName(_)
+        | E::BadSubnet { .. }
+        | E::Overlap { .. }
+        | E::ContainerPortZero => Code::InvalidArgument,
+        E::PoolExhausted | E::Full(_) | E::NoFreePort => Code::ResourceExhausted,
+        E::Link(_) | E::Netns(_) | E::Network(_) | E::Io { .. } => Code::Internal,
+    }
+}
 
 impl From<ApiError> for Status {
     fn from(err: ApiError) -> Status {
@@ -117,6 +138,7 @@ fn code_of(err: &ApiError) -> Code {
         },
         ApiError::Image(e) => image_code(e),
         ApiError::InvalidArgument(_) => Code::InvalidArgument,
+        ApiError::Network(e) => network_code(e),
         ApiError::Unsupported(_) => Code::Unimplemented,
         ApiError::AttachStopped => Code::FailedPrecondition,
         ApiError::ShuttingDown => Code::Unavailable,

@@ -16,8 +16,11 @@ use shoal_proto::cluster::v1::control_server::ControlServer;
 use shoal_proto::cluster::v1::swarm_server::SwarmServer;
 use shoal_proto::node::v1::containers_server::ContainersServer;
 use shoal_proto::node::v1::images_server::ImagesServer;
+use shoal_proto::node::v1::networks_server::NetworksServer;
 use shoal_proto::node::v1::system_server::SystemServer;
 use shoal_runtime::{Runtime, RuntimeConfig};
+use shoal_worker::bridge::{BridgeError, Bridges};
+use shoal_worker::table::{self, NodeTable};
 use tokio::net::UnixListener;
 use tokio::sync::watch;
 use tokio_stream::wrappers::UnixListenerStream;
@@ -31,6 +34,7 @@ pub mod exec;
 pub mod follow;
 pub mod images;
 pub mod lock;
+pub mod networks;
 pub mod reaper;
 pub mod signal;
 pub mod swarm;
@@ -74,6 +78,9 @@ pub enum DaemonError {
     /// The running auto-remove containers could not be listed.
     #[error("adopt running auto-remove containers")]
     Adopt(#[source] ApiError),
+    /// The local networks could not be opened.
+    #[error("open the local networks")]
+    Bridges(#[source] BridgeError),
     /// The swarm membership on disk could not be resumed.
     #[error("resume the swarm membership: {}", .0.message())]
     Swarm(tonic::Status),
@@ -94,6 +101,8 @@ pub struct Daemon {
     pub stopping: watch::Receiver<bool>,
     /// The node's swarm membership.
     pub swarm: Arc<swarm::SwarmNode>,
+    /// The node-local bridge networks of standalone containers.
+    pub bridges: Arc<Bridges>,
 }
 
 /// Serves the node API on `listener` until `shutdown` completes. Takes the data-root lock
@@ -114,9 +123,24 @@ pub async fn run(
                 source,
             })?
     };
-    let reaper = Reaper::new(runtime.clone());
+    let table = NodeTable::new(&[table::CLUSTER, table::LOCAL]);
+    let bridges = Bridges::open(&root, Arc::clone(&table))
+        .await
+        .map_err(DaemonError::Bridges)?;
+    let reaper = Reaper::new(runtime.clone(), Arc::clone(&bridges));
     reaper.adopt().await.map_err(DaemonError::Adopt)?;
-    let swarm = swarm::SwarmNode::open(&root, runtime.clone())
+    {
+        // Endpoints of containers removed while no daemon ran.
+        let runtime = runtime.clone();
+        let ids: std::collections::HashSet<String> = blocking(move || Ok(runtime.list(true)?))
+            .await
+            .map_err(DaemonError::Adopt)?
+            .into_iter()
+            .map(|c| c.id)
+            .collect();
+        bridges.retain_containers(&ids).await;
+    }
+    let swarm = swarm::SwarmNode::open(&root, runtime.clone(), table)
         .await
         .map_err(DaemonError::Swarm)?;
     let (stop_tx, stopping) = watch::channel(false);
@@ -125,6 +149,7 @@ pub async fn run(
         reaper: Arc::clone(&reaper),
         stopping,
         swarm: Arc::clone(&swarm),
+        bridges,
     });
     tracing::info!(data_root = %root.display(), "shoald serving");
     let shutdown = async move {
@@ -142,6 +167,9 @@ pub async fn run(
         .add_service(ContainersServer::new(containers::ContainersApi::new(
             Arc::clone(&daemon),
         )))
+        .add_service(NetworksServer::new(networks::NetworksApi::new(Arc::clone(
+            &daemon,
+        ))))
         .add_service(SwarmServer::new(swarm::SwarmApi(Arc::clone(&swarm))))
         .add_service(ControlServer::new(ControlService::new(Arc::new(
             swarm::LocalRouter(Arc::clone(&swarm)),

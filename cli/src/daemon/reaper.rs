@@ -8,6 +8,7 @@
 //! [`Hold`] on it; the removal waits until the holds are released (or [`HOLD_TIMEOUT`]), so
 //! the log is not deleted under them.
 
+use shoal_worker::bridge::Bridges;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -60,6 +61,8 @@ pub async fn wait_for_exit(runtime: &Runtime, id: &str) -> Result<()> {
 #[derive(Debug)]
 pub struct Reaper {
     runtime: Runtime,
+    /// A removed container's endpoint goes with it.
+    bridges: Arc<Bridges>,
     /// Container id → number of readers that must see its last output before removal.
     holds: watch::Sender<HashMap<String, usize>>,
     /// Auto-removals in progress or recently done, by container id (shared with the tasks
@@ -119,9 +122,10 @@ fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Reaper {
     /// A reaper for the containers of `runtime`.
-    pub fn new(runtime: Runtime) -> Arc<Reaper> {
+    pub fn new(runtime: Runtime, bridges: Arc<Bridges>) -> Arc<Reaper> {
         Arc::new(Reaper {
             runtime,
+            bridges,
             holds: watch::Sender::new(HashMap::new()),
             removals: Arc::new(Mutex::new(HashMap::new())),
             watched: Mutex::new(HashSet::new()),
@@ -242,7 +246,8 @@ impl Reaper {
         let owned = id.to_string();
         match blocking(move || Ok(runtime.remove(&owned, false)?)).await {
             Ok(()) | Err(ApiError::Container(ContainerError::NotFound(_))) => {
-                tracing::debug!(container.id = %id, "auto-removed")
+                tracing::debug!(container.id = %id, "auto-removed");
+                self.bridges.detach_container(id).await;
             }
             Err(err) => tracing::warn!(container.id = %id, error = %err, "auto-remove failed"),
         }

@@ -23,6 +23,7 @@ use shoal_proto::transport::{self, Identity, Role, ServerConfigCell};
 use shoal_runtime::Runtime;
 use shoal_worker::agent::{self, AgentConfig, AgentState};
 use shoal_worker::network::NodeNetwork;
+use shoal_worker::table::{self, NodeTable};
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::{Request, Response, Status};
 
@@ -75,6 +76,8 @@ pub struct SwarmNode {
     /// The node's task networking. One per membership: it outlives agent restarts (role
     /// changes), since its sandboxes and DNS servers belong to running containers.
     network: tokio::sync::Mutex<Option<Arc<NodeNetwork>>>,
+    /// The node's nft table, shared with the local bridge networks.
+    table: Arc<NodeTable>,
 }
 
 #[derive(Clone, Default)]
@@ -282,10 +285,15 @@ impl ImageExporter for Exporter {
 
 impl SwarmNode {
     /// The swarm side of the daemon on `root`; resumes a membership found on disk.
-    pub async fn open(root: &Path, runtime: Runtime) -> Result<Arc<SwarmNode>, Status> {
+    pub async fn open(
+        root: &Path,
+        runtime: Runtime,
+        table: Arc<NodeTable>,
+    ) -> Result<Arc<SwarmNode>, Status> {
         let node = Arc::new(SwarmNode {
             root: root.join("swarm"),
             runtime,
+            table,
             active: tokio::sync::Mutex::new(None),
             current: Mutex::new(Current::Inactive),
             network: tokio::sync::Mutex::new(None),
@@ -302,6 +310,9 @@ impl SwarmNode {
             let active = node.activate(state, identity, None, false).await?;
             *node.active.lock().await = Some(active);
             tracing::info!("swarm membership resumed");
+        } else if let Err(err) = node.table.clear(table::CLUSTER).await {
+            // Not in a swarm: the cluster wants no rules.
+            tracing::warn!(%err, "apply the node's nft table");
         }
         tokio::spawn(Arc::clone(&node).watch_role());
         Ok(node)
@@ -454,9 +465,13 @@ impl SwarmNode {
         if let Some(old) = guard.take() {
             old.shutdown().await;
         }
-        let network = NodeNetwork::new(node_id.to_string(), self.root.join("network"))
-            .await
-            .map_err(|e| Status::internal(format!("set up node networking: {e}")))?;
+        let network = NodeNetwork::new(
+            node_id.to_string(),
+            self.root.join("network"),
+            Arc::clone(&self.table),
+        )
+        .await
+        .map_err(|e| Status::internal(format!("set up node networking: {e}")))?;
         *guard = Some(Arc::clone(&network));
         Ok(network)
     }

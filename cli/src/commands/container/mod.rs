@@ -5,7 +5,7 @@
 use std::io::Write;
 
 use anyhow::Context;
-use clap::{ArgAction, Args, Subcommand, ValueEnum};
+use clap::{ArgAction, Args, Subcommand};
 use shoal_proto::node::v1 as pb;
 use tonic::Code;
 
@@ -50,13 +50,16 @@ pub enum ContainerCommand {
     Wait(WaitArgs),
 }
 
-/// `--network` values shoal supports so far.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+/// `--network`: Docker's network modes, less `container:NAME`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NetworkArg {
-    /// Only a loopback interface
+    /// `none`: only a loopback interface.
     None,
-    /// The host's network stack
+    /// `host`: the host's network stack.
     Host,
+    /// A node-local bridge network by name, ID or ID prefix; empty for the default `bridge`
+    /// (also `default`, as Docker spells it).
+    Bridge(String),
 }
 
 /// The flags `run` and `create` share (Docker's container options).
@@ -95,9 +98,23 @@ pub struct ContainerOptions {
     /// Drop Linux capabilities
     #[arg(long = "cap-drop", value_name = "CAP")]
     pub cap_drop: Vec<String>,
-    /// Connect a container to a network
-    #[arg(long, value_enum, default_value = "none")]
+    /// Connect a container to a network ("bridge", "host", "none" or a network's name)
+    #[arg(
+        long,
+        alias = "net",
+        value_name = "NETWORK",
+        value_parser = run::network_arg,
+        default_value = "bridge"
+    )]
     pub network: NetworkArg,
+    /// Publish a container's port to the host ([HOST_IP:][HOST_PORT:]CONTAINER_PORT[/PROTOCOL])
+    #[arg(
+        short = 'p',
+        long = "publish",
+        value_name = "PORT",
+        value_parser = run::publish_arg
+    )]
+    pub publish: Vec<pb::PortBinding>,
     /// Overwrite the default ENTRYPOINT of the image
     #[arg(long)]
     pub entrypoint: Option<String>,
@@ -538,7 +555,9 @@ mod tests {
         for args in [
             &["run", "--memory", "64x", "demo"][..],
             &["run", "--cpus", "lots", "demo"],
-            &["run", "--network", "bridge", "demo"],
+            &["run", "--network", "container:web", "demo"],
+            &["run", "-p", "80:http", "demo"],
+            &["run", "--network", "a", "--network", "b", "demo"],
             &["run"],
             &["exec", "c1"],
         ] {

@@ -3,8 +3,10 @@
 //! terminal in raw mode) until the container exits, exit with its code — through the
 //! daemon's `Attach`, which starts the container and removes an auto-remove one before it
 //! reports the exit, so `run --rm` returns with the container gone, as Docker's does.
+//! The `--network` and `-p` values are read here too, with Docker's syntax.
 
 use std::io::IsTerminal;
+use std::net::IpAddr;
 
 use anyhow::bail;
 use shoal_proto::node::v1 as pb;
@@ -19,6 +21,107 @@ use super::{ContainerOptions, CreateArgs, NetworkArg, RunArgs, StartArgs};
 use crate::client::Client;
 use crate::commands::{write_out, DaemonError, OrDaemonError, EXIT_FAILED};
 use crate::terminal::{self, RawMode};
+
+/// Errors of the container options' own checks, before anything reaches the daemon.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OptionError {
+    /// `--network container:NAME`.
+    #[error(
+        "network mode \"{0}\" is not supported: shoal containers cannot share another \
+         container's network namespace"
+    )]
+    ContainerNetwork(String),
+    /// `-p` without a container port (`-p 8080:`).
+    #[error("no container port in \"{0}\"")]
+    NoContainerPort(String),
+    /// `-p` with `FIRST-LAST`.
+    #[error("port range \"{0}\" is not supported: publish each port with its own -p")]
+    PortRange(String),
+    /// A container port that is not 1–65535.
+    #[error("invalid container port \"{0}\": want a number from 1 to 65535")]
+    ContainerPort(String),
+    /// A host port that is not 0–65535.
+    #[error("invalid host port \"{0}\": want a number from 0 to 65535")]
+    HostPort(String),
+    /// A host address that is not an IP address.
+    #[error("invalid host IP address \"{0}\"")]
+    HostIp(String),
+    /// A protocol other than `tcp` and `udp`.
+    #[error("invalid protocol \"{0}\": want tcp or udp")]
+    Protocol(String),
+    /// `-p` with `--network host` or `none`, whose ports cannot be published (Docker's text).
+    #[error("conflicting options: port publishing and the container type network mode")]
+    PublishConflict,
+}
+
+/// Reads `--network`: `none`, `host`, `bridge` (or `default`, or empty: the default bridge
+/// network), `container:NAME` (refused), or a user-defined network's name or ID.
+pub fn network_arg(value: &str) -> Result<NetworkArg, OptionError> {
+    Ok(match value {
+        "none" => NetworkArg::None,
+        "host" => NetworkArg::Host,
+        "" | "bridge" | "default" => NetworkArg::Bridge(String::new()),
+        _ if value.starts_with("container:") => {
+            return Err(OptionError::ContainerNetwork(value.to_string()))
+        }
+        name => NetworkArg::Bridge(name.to_string()),
+    })
+}
+
+/// Reads a `-p` value: Docker's `[HOST_IP:][HOST_PORT:]CONTAINER_PORT[/PROTOCOL]`, split as
+/// its `nat.ParsePortSpec` splits it (the last field is the container port, the one before
+/// it the host port, the rest the address, `[…]` around an IPv6 one). An empty or missing
+/// host port is 0, for the daemon to pick. Unlike Docker, ranges are refused.
+pub fn publish_arg(value: &str) -> Result<pb::PortBinding, OptionError> {
+    // Only the address can hold more colons (an IPv6 one), so split from the right.
+    let mut fields = value.rsplitn(3, ':');
+    let container = fields.next().unwrap_or_default();
+    let host_port = fields.next().unwrap_or_default();
+    let ip = fields.next().unwrap_or_default();
+    let (container_port, protocol) = container.split_once('/').unwrap_or((container, ""));
+    let protocol = match protocol.to_ascii_lowercase().as_str() {
+        "" | "tcp" => "tcp",
+        "udp" => "udp",
+        _ => return Err(OptionError::Protocol(protocol.to_string())),
+    };
+    if container_port.is_empty() {
+        return Err(OptionError::NoContainerPort(value.to_string()));
+    }
+    let container_port = port(container_port, OptionError::ContainerPort)?;
+    if container_port == 0 {
+        return Err(OptionError::ContainerPort("0".to_string()));
+    }
+    let host_port = if host_port.is_empty() {
+        0
+    } else {
+        port(host_port, OptionError::HostPort)?
+    };
+    let ip = ip
+        .strip_prefix('[')
+        .and_then(|i| i.strip_suffix(']'))
+        .unwrap_or(ip);
+    if !ip.is_empty() && ip.parse::<IpAddr>().is_err() {
+        return Err(OptionError::HostIp(ip.to_string()));
+    }
+    Ok(pb::PortBinding {
+        host_ip: ip.to_string(),
+        host_port: host_port.into(),
+        container_port: container_port.into(),
+        protocol: protocol.to_string(),
+    })
+}
+
+/// One port number; `invalid` makes the error of a value that is not one.
+fn port(value: &str, invalid: fn(String) -> OptionError) -> Result<u16, OptionError> {
+    if value.contains('-') {
+        return Err(OptionError::PortRange(value.to_string()));
+    }
+    // `str::parse` would also take a sign, which Go's `ParseUint` (Docker's) does not.
+    if !value.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid(value.to_string()));
+    }
+    value.parse().map_err(|_| invalid(value.to_string()))
+}
 
 /// The create request for `options`.
 pub fn spec(options: &ContainerOptions) -> anyhow::Result<pb::ContainerSpec> {
@@ -47,10 +150,16 @@ pub fn spec(options: &ContainerOptions) -> anyhow::Result<pb::ContainerSpec> {
             }
         })
         .collect();
-    let network = match options.network {
-        NetworkArg::None => pb::NetworkMode::None,
-        NetworkArg::Host => pb::NetworkMode::Host,
+    let (network, network_name) = match &options.network {
+        NetworkArg::None => (pb::NetworkMode::None, ""),
+        NetworkArg::Host => (pb::NetworkMode::Host, ""),
+        NetworkArg::Bridge(name) => (pb::NetworkMode::Bridge, name.as_str()),
     };
+    // Docker refuses this only for `container:` mode and drops the ports with a warning for
+    // `host`; refusing both here says at once that nothing will be published.
+    if !options.publish.is_empty() && network != pb::NetworkMode::Bridge {
+        return Err(OptionError::PublishConflict.into());
+    }
     Ok(pb::ContainerSpec {
         name: options.name.clone(),
         image: image.clone(),
@@ -75,6 +184,8 @@ pub fn spec(options: &ContainerOptions) -> anyhow::Result<pb::ContainerSpec> {
         cap_add: options.cap_add.clone(),
         cap_drop: options.cap_drop.clone(),
         network: network.into(),
+        network_name: network_name.to_string(),
+        ports: options.publish.clone(),
         auto_remove: options.rm,
         tty: options.tty,
         open_stdin: options.interactive,
@@ -352,5 +463,123 @@ mod tests {
             "demo",
         ]);
         assert_eq!(spec.env, ["SHOAL_TEST_FROM_CLIENT=yes"]);
+    }
+
+    fn run_options(args: &[&str]) -> ContainerOptions {
+        let mut argv = vec!["shoal", "run"];
+        argv.extend_from_slice(args);
+        let Command::Run(run) = Cli::try_parse_from(argv).expect("valid").command else {
+            panic!("not run");
+        };
+        run.options
+    }
+
+    #[test]
+    fn network_defaults_to_the_bridge() {
+        let spec = run_spec(&["demo"]);
+        assert_eq!(spec.network(), pb::NetworkMode::Bridge);
+        assert_eq!(spec.network_name, "");
+        assert!(spec.ports.is_empty());
+        let cases = [
+            (&["--network", "bridge"][..], pb::NetworkMode::Bridge, ""),
+            (&["--network", "default"], pb::NetworkMode::Bridge, ""),
+            (&["--network", "back"], pb::NetworkMode::Bridge, "back"),
+            (&["--net", "3f2a"], pb::NetworkMode::Bridge, "3f2a"),
+            (&["--network=host"], pb::NetworkMode::Host, ""),
+            (&["--net", "none"], pb::NetworkMode::None, ""),
+        ];
+        for (args, mode, name) in cases {
+            let mut argv = args.to_vec();
+            argv.push("demo");
+            let spec = run_spec(&argv);
+            assert_eq!((spec.network(), spec.network_name.as_str()), (mode, name));
+        }
+        assert_eq!(
+            network_arg("container:web"),
+            Err(OptionError::ContainerNetwork("container:web".into()))
+        );
+        let argv = ["shoal", "run", "--network", "container:web", "demo"];
+        let err = Cli::try_parse_from(argv).expect_err("refused");
+        assert!(err.to_string().contains("is not supported"), "{err}");
+    }
+
+    fn binding(ip: &str, host: u32, container: u32, protocol: &str) -> pb::PortBinding {
+        pb::PortBinding {
+            host_ip: ip.into(),
+            host_port: host,
+            container_port: container,
+            protocol: protocol.into(),
+        }
+    }
+
+    #[test]
+    fn publish_values() {
+        let good = [
+            ("80", binding("", 0, 80, "tcp")),
+            ("8080:80", binding("", 8080, 80, "tcp")),
+            ("8080:80/tcp", binding("", 8080, 80, "tcp")),
+            ("5353:53/udp", binding("", 5353, 53, "udp")),
+            ("5353:53/UDP", binding("", 5353, 53, "udp")),
+            ("53/udp", binding("", 0, 53, "udp")),
+            (":80", binding("", 0, 80, "tcp")),
+            ("80/", binding("", 0, 80, "tcp")),
+            ("0.0.0.0:8080:80", binding("0.0.0.0", 8080, 80, "tcp")),
+            ("127.0.0.1::80", binding("127.0.0.1", 0, 80, "tcp")),
+            ("[::1]:8080:80", binding("::1", 8080, 80, "tcp")),
+            ("::1:8080:80/udp", binding("::1", 8080, 80, "udp")),
+            ("65535:65535", binding("", 65535, 65535, "tcp")),
+        ];
+        for (value, want) in good {
+            assert_eq!(publish_arg(value), Ok(want), "{value}");
+        }
+        let bad = [
+            ("8000-8010:80", OptionError::PortRange("8000-8010".into())),
+            ("80-81", OptionError::PortRange("80-81".into())),
+            ("8080:0", OptionError::ContainerPort("0".into())),
+            ("0", OptionError::ContainerPort("0".into())),
+            ("8080:65536", OptionError::ContainerPort("65536".into())),
+            ("8080:http", OptionError::ContainerPort("http".into())),
+            ("+80", OptionError::ContainerPort("+80".into())),
+            ("99999:80", OptionError::HostPort("99999".into())),
+            ("x:80", OptionError::HostPort("x".into())),
+            ("8080:", OptionError::NoContainerPort("8080:".into())),
+            ("", OptionError::NoContainerPort("".into())),
+            ("80/sctp", OptionError::Protocol("sctp".into())),
+            ("80/tcp/x", OptionError::Protocol("tcp/x".into())),
+            ("localhost:8080:80", OptionError::HostIp("localhost".into())),
+            ("1.2.3:8080:80", OptionError::HostIp("1.2.3".into())),
+        ];
+        for (value, want) in bad {
+            assert_eq!(publish_arg(value), Err(want), "{value}");
+        }
+        let argv = ["shoal", "run", "-p", "8000-8010:80", "demo"];
+        let err = Cli::try_parse_from(argv).expect_err("refused");
+        assert!(err.to_string().contains("8000-8010"), "{err}");
+    }
+
+    #[test]
+    fn published_ports_reach_the_spec() {
+        let sent = run_spec(&[
+            "-p",
+            "8080:80",
+            "--publish",
+            "5353:53/udp",
+            "--network",
+            "back",
+            "demo",
+        ]);
+        assert_eq!(
+            sent.ports,
+            [binding("", 8080, 80, "tcp"), binding("", 5353, 53, "udp")]
+        );
+        assert_eq!(sent.network_name, "back");
+        for mode in ["host", "none"] {
+            let options = run_options(&["-p", "80", "--network", mode, "demo"]);
+            let err = spec(&options).expect_err("conflict");
+            assert_eq!(
+                err.to_string(),
+                "conflicting options: port publishing and the container type network mode"
+            );
+        }
     }
 }

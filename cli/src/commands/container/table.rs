@@ -1,5 +1,6 @@
 //! The tables of `container ls` and `container stats`, column for column as Docker prints
-//! them (its `formatter` package: tabwriter with minimum width 10 and padding 3).
+//! them (its `formatter` package: tabwriter with minimum width 10 and padding 3), and the
+//! PORTS column's text (its `api/types.DisplayablePorts`).
 
 use std::io::Write;
 use std::time::{Duration, SystemTime};
@@ -101,6 +102,131 @@ async fn list(client: &Client, all: bool) -> anyhow::Result<Vec<pb::ContainerSum
         .containers)
 }
 
+/// One port of the PORTS column, as Docker's `types.Port`: `ip` is empty for a port that is
+/// not (yet) bound on the host.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct ShownPort {
+    // Field order is Docker's `comparePorts` order.
+    private: u32,
+    ip: String,
+    public: u32,
+    protocol: String,
+}
+
+impl From<&pb::PortBinding> for ShownPort {
+    fn from(binding: &pb::PortBinding) -> ShownPort {
+        let ip = match (binding.host_port, binding.host_ip.as_str()) {
+            (0, _) => "",
+            // The daemon publishes on every address when none is given, as Docker does.
+            (_, "") => "0.0.0.0",
+            (_, ip) => ip,
+        };
+        ShownPort {
+            private: binding.container_port,
+            ip: ip.to_string(),
+            public: binding.host_port,
+            protocol: if binding.protocol.is_empty() {
+                "tcp".to_string()
+            } else {
+                binding.protocol.clone()
+            },
+        }
+    }
+}
+
+/// Docker's `formGroup`: `80/tcp`, `0.0.0.0:80-81->80-81/tcp`.
+fn port_group(ip: &str, protocol: &str, first: u32, last: u32) -> String {
+    let mut group = first.to_string();
+    if first != last {
+        group = format!("{group}-{last}");
+    }
+    if !ip.is_empty() {
+        group = format!("{ip}:{group}->{group}");
+    }
+    format!("{group}/{protocol}")
+}
+
+/// The PORTS column, as Docker's `DisplayablePorts`: sorted by container port; ports published
+/// on the same number and consecutive ones grouped into ranges; the other published ones
+/// (`0.0.0.0:8080->80/tcp`) last.
+pub fn ports_text(bindings: &[pb::PortBinding]) -> String {
+    let mut ports: Vec<ShownPort> = bindings.iter().map(ShownPort::from).collect();
+    ports.sort();
+    // Groups in the order their key first appeared, as Docker's `groupMapKeys`.
+    let mut groups: Vec<((String, String), u32, u32)> = Vec::new();
+    let mut result = Vec::new();
+    let mut mappings = Vec::new();
+    for port in ports {
+        if !port.ip.is_empty() && port.public != port.private {
+            let host = match port.ip.parse::<std::net::IpAddr>() {
+                Ok(std::net::IpAddr::V6(_)) => format!("[{}]:{}", port.ip, port.public),
+                _ => format!("{}:{}", port.ip, port.public),
+            };
+            mappings.push(format!("{host}->{}/{}", port.private, port.protocol));
+            continue;
+        }
+        let key = (port.ip, port.protocol);
+        match groups.iter_mut().find(|(k, _, _)| *k == key) {
+            None => groups.push((key, port.private, port.private)),
+            Some((_, _, last)) if port.private == *last + 1 => *last = port.private,
+            Some((k, first, last)) => {
+                result.push(port_group(&k.0, &k.1, *first, *last));
+                (*first, *last) = (port.private, port.private);
+            }
+        }
+    }
+    result.extend(
+        groups
+            .iter()
+            .map(|((ip, protocol), first, last)| port_group(ip, protocol, *first, *last)),
+    );
+    result.extend(mappings);
+    result.join(", ")
+}
+
+/// Writes the `container ls` table (without `-q`).
+fn write_containers(
+    containers: &[pb::ContainerSummary],
+    no_trunc: bool,
+    now: SystemTime,
+    out: impl Write,
+) -> std::io::Result<()> {
+    let mut t = table(out);
+    writeln!(
+        t,
+        "CONTAINER ID\tIMAGE\tCOMMAND\tCREATED\tSTATUS\tPORTS\tNAMES"
+    )?;
+    for c in containers {
+        let created = since(&c.created, now)
+            .map(|d| format!("{} ago", human_duration(d)))
+            .unwrap_or_default();
+        let status = c
+            .state
+            .as_ref()
+            .map(|s| status_text(s, now))
+            .unwrap_or_default();
+        // Docker shows the ports of running containers only: a stopped one holds none.
+        let running = c
+            .state
+            .as_ref()
+            .is_some_and(|s| matches!(s.status.as_str(), "running" | "paused"));
+        let ports = if running {
+            ports_text(&c.ports)
+        } else {
+            String::new()
+        };
+        writeln!(
+            t,
+            "{}\t{}\t{}\t{created}\t{status}\t{ports}\t{}",
+            short_id(&c.id, no_trunc),
+            c.image,
+            command_text(&c.command, no_trunc),
+            c.name,
+        )?;
+    }
+    t.flush()
+}
+
 /// `container ls`.
 pub async fn ls(client: &Client, args: LsArgs) -> anyhow::Result<i32> {
     let containers = list(client, args.all).await?;
@@ -112,31 +238,7 @@ pub async fn ls(client: &Client, args: LsArgs) -> anyhow::Result<i32> {
         }
         return Ok(0);
     }
-    let now = SystemTime::now();
-    let mut t = table(out);
-    writeln!(
-        t,
-        "CONTAINER ID\tIMAGE\tCOMMAND\tCREATED\tSTATUS\tPORTS\tNAMES"
-    )?;
-    for c in &containers {
-        let created = since(&c.created, now)
-            .map(|d| format!("{} ago", human_duration(d)))
-            .unwrap_or_default();
-        let status = c
-            .state
-            .as_ref()
-            .map(|s| status_text(s, now))
-            .unwrap_or_default();
-        writeln!(
-            t,
-            "{}\t{}\t{}\t{created}\t{status}\t\t{}",
-            short_id(&c.id, args.no_trunc),
-            c.image,
-            command_text(&c.command, args.no_trunc),
-            c.name,
-        )?;
-    }
-    t.flush()?;
+    write_containers(&containers, args.no_trunc, SystemTime::now(), out)?;
     Ok(0)
 }
 
@@ -369,6 +471,81 @@ mod tests {
         assert_eq!(
             lines.next(),
             Some("0123456789ab   web       50.00%    1.5MiB / 64MiB      2.34%     3")
+        );
+    }
+
+    fn binding(ip: &str, host: u32, container: u32, protocol: &str) -> pb::PortBinding {
+        pb::PortBinding {
+            host_ip: ip.into(),
+            host_port: host,
+            container_port: container,
+            protocol: protocol.into(),
+        }
+    }
+
+    #[test]
+    fn ports_read_like_docker() {
+        let cases = [
+            (vec![], ""),
+            (vec![binding("", 8080, 80, "tcp")], "0.0.0.0:8080->80/tcp"),
+            (
+                vec![binding("", 8080, 80, ""), binding("", 5353, 53, "udp")],
+                "0.0.0.0:5353->53/udp, 0.0.0.0:8080->80/tcp",
+            ),
+            (
+                vec![
+                    binding("", 8001, 8001, "tcp"),
+                    binding("0.0.0.0", 8000, 8000, "tcp"),
+                    binding("", 8003, 8003, "tcp"),
+                    binding("", 9000, 90, "tcp"),
+                ],
+                "0.0.0.0:8000-8001->8000-8001/tcp, 0.0.0.0:8003->8003/tcp, 0.0.0.0:9000->90/tcp",
+            ),
+            (vec![binding("::1", 8080, 80, "tcp")], "[::1]:8080->80/tcp"),
+            // Not bound yet: shown as an exposed port.
+            (vec![binding("", 0, 80, "tcp")], "80/tcp"),
+        ];
+        for (ports, want) in cases {
+            assert_eq!(ports_text(&ports), want, "{ports:?}");
+        }
+    }
+
+    #[test]
+    fn ls_table_has_the_ports_before_the_names() {
+        let now = humantime::parse_rfc3339("2024-01-01T00:01:00Z").expect("valid");
+        let container = |id: &str, name: &str, state: pb::ContainerState| pb::ContainerSummary {
+            id: id.into(),
+            name: name.into(),
+            image: "demo".into(),
+            command: vec!["httpd".into()],
+            created: "2024-01-01T00:00:00Z".into(),
+            state: Some(state),
+            ports: vec![binding("", 8080, 80, "tcp")],
+            ..Default::default()
+        };
+        let containers = [
+            container(
+                "0123456789abcdef",
+                "web",
+                state("running", "2024-01-01T00:00:55Z", "", 0),
+            ),
+            container(
+                "fedcba9876543210",
+                "old",
+                state("exited", "2024-01-01T00:00:00Z", "2024-01-01T00:00:57Z", 0),
+            ),
+        ];
+        let mut out = Vec::new();
+        write_containers(&containers, false, now, &mut out).expect("write");
+        let text = String::from_utf8(out).expect("utf-8");
+        let lines: Vec<&str> = text.lines().map(str::trim_end).collect();
+        assert_eq!(
+            lines,
+            [
+                "CONTAINER ID   IMAGE     COMMAND   CREATED              STATUS                     PORTS                  NAMES",
+                "0123456789ab   demo      \"httpd\"   About a minute ago   Up 5 seconds               0.0.0.0:8080->80/tcp   web",
+                "fedcba987654   demo      \"httpd\"   About a minute ago   Exited (0) 3 seconds ago                          old",
+            ]
         );
     }
 }

@@ -131,6 +131,8 @@ pub enum NftOp {
     DeleteTable,
     /// [`list_table`].
     ListTable,
+    /// [`foreign_forward_drops`].
+    ListChains,
 }
 
 impl std::fmt::Display for NftOp {
@@ -140,6 +142,7 @@ impl std::fmt::Display for NftOp {
             NftOp::Check => "check nftables ruleset",
             NftOp::DeleteTable => "delete table ip shoal",
             NftOp::ListTable => "list table ip shoal",
+            NftOp::ListChains => "list chains",
         })
     }
 }
@@ -524,6 +527,34 @@ pub async fn list_table(netns: Option<&Path>) -> Result<Option<Nftables<'static>
     )
     .await?;
     parse(&out).map(Some)
+}
+
+/// Forward-hook chains of other tables whose policy is drop (`family table/chain`): Docker's
+/// `iptables -P FORWARD DROP` is one. Since every base chain of a hook must accept a packet,
+/// such a chain drops what shoal's bridges forward unless its own rules accept it.
+pub async fn foreign_forward_drops(netns: Option<&Path>) -> Result<Vec<String>> {
+    let out = run_nft(NftOp::ListChains, &["-j", "list", "chains"], None, netns).await?;
+    let chains = serde_json::from_slice::<Nftables<'static>>(&out).map_err(|source| {
+        NftError::ParseOutput {
+            op: NftOp::ListChains,
+            netns: netns.map(Path::to_path_buf),
+            source,
+        }
+    })?;
+    Ok(chains
+        .objects
+        .iter()
+        .filter_map(|object| match object {
+            NfObject::ListObject(NfListObject::Chain(c)) => Some(c),
+            _ => None,
+        })
+        .filter(|c| c.table != TABLE)
+        .filter(|c| c.hook == Some(NfHook::Forward) && c.policy == Some(NfChainPolicy::Drop))
+        .map(|c| {
+            let family = format!("{:?}", c.family).to_lowercase();
+            format!("{family} {}/{}", c.table, c.name)
+        })
+        .collect())
 }
 
 /// Builds a batch that replaces the `ip shoal` table.

@@ -383,3 +383,44 @@ async fn nft_vip_reaches_backend_and_empty_vip_refuses() {
         assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
     });
 }
+
+#[tokio::test]
+#[serial]
+async fn nft_finds_other_tables_dropping_forwarded_packets() {
+    if !is_root() {
+        return;
+    }
+    let ns = TestNetns::new();
+    let netns = ns.path();
+    // shoal's own table accepts by policy; a table with an accepting forward chain is fine.
+    nft::apply(&nft::node_ruleset(&NodeRules::default()), Some(&netns))
+        .await
+        .unwrap();
+    ns.nft(&["add", "table", "inet", "fine"]);
+    ns.nft(&[
+        "add",
+        "chain",
+        "inet",
+        "fine",
+        "forwarding",
+        "{ type filter hook forward priority 0; policy accept; }",
+    ]);
+    assert!(nft::foreign_forward_drops(Some(&netns))
+        .await
+        .unwrap()
+        .is_empty());
+    // What `iptables -P FORWARD DROP` (iptables-nft) leaves.
+    ns.nft(&["add", "table", "ip", "filter"]);
+    ns.nft(&[
+        "add",
+        "chain",
+        "ip",
+        "filter",
+        "FORWARD",
+        "{ type filter hook forward priority 0; policy drop; }",
+    ]);
+    assert_eq!(
+        nft::foreign_forward_drops(Some(&netns)).await.unwrap(),
+        vec!["ip filter/FORWARD".to_string()]
+    );
+}

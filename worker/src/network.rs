@@ -13,6 +13,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use futures::StreamExt;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 use shoal_network::dns::{self, Resolve, Upstreams};
@@ -43,6 +44,8 @@ pub const VXLAN_PORT: u16 = 4789;
 const VXLAN_OVERHEAD: u32 = 50;
 /// Period of the pass that reprograms everything even when nothing was announced.
 const RESYNC: std::time::Duration = std::time::Duration::from_secs(2);
+/// Sandboxes whose VIP table is rewritten at once.
+const PARALLEL_NFT: usize = 8;
 /// Underlay MTU assumed until a remote node's route says otherwise.
 const DEFAULT_UNDERLAY_MTU: u32 = 1500;
 
@@ -940,8 +943,10 @@ impl NodeNetwork {
                 .map_err(Into::into),
         );
 
-        // Virtual IPs inside each sandbox.
-        for sandbox in inner.sandboxes.values_mut() {
+        // Virtual IPs inside each sandbox: one `nft` run per sandbox, several at a time, so
+        // that a node with many tasks still follows a change within a second.
+        let mut stale_vips = Vec::new();
+        for sandbox in inner.sandboxes.values() {
             let mine: HashSet<&str> = sandbox
                 .record
                 .attachments
@@ -973,10 +978,25 @@ impl NodeNetwork {
                 }
             }
             if sandbox.vips.as_ref() != Some(&vips) {
-                match nft::apply(&nft::vip_ruleset(&vips), Some(&sandbox.path)).await {
-                    Ok(()) => sandbox.vips = Some(vips),
-                    Err(err) => note("apply a sandbox's VIP table", Err(err.into())),
+                stale_vips.push((sandbox.record.task_id.clone(), sandbox.path.clone(), vips));
+            }
+        }
+        let applied: Vec<_> = futures::stream::iter(stale_vips)
+            .map(|(task_id, path, vips)| async move {
+                let res = nft::apply(&nft::vip_ruleset(&vips), Some(&path)).await;
+                (task_id, vips, res)
+            })
+            .buffer_unordered(PARALLEL_NFT)
+            .collect()
+            .await;
+        for (task_id, vips, res) in applied {
+            match res {
+                Ok(()) => {
+                    if let Some(sandbox) = inner.sandboxes.get_mut(&task_id) {
+                        sandbox.vips = Some(vips);
+                    }
                 }
+                Err(err) => note("apply a sandbox's VIP table", Err(err.into())),
             }
         }
         failed.map_or(Ok(()), Err)

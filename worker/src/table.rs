@@ -31,6 +31,8 @@ struct State {
     applied: Option<NodeRules>,
     /// The table may exist in the kernel (unknown at start: a previous run may have left it).
     maybe_present: bool,
+    /// Other tables' forward policies were checked.
+    checked_forward: bool,
 }
 
 impl NodeTable {
@@ -43,6 +45,7 @@ impl NodeTable {
                 parts: BTreeMap::new(),
                 applied: None,
                 maybe_present: true,
+                checked_forward: false,
             }),
         })
     }
@@ -70,6 +73,10 @@ impl NodeTable {
         state.maybe_present = true;
         nft::apply(&nft::node_ruleset(&merged), None).await?;
         state.applied = Some(merged);
+        if !state.checked_forward {
+            state.checked_forward = true;
+            warn_forward_drops().await;
+        }
         Ok(())
     }
 
@@ -97,6 +104,21 @@ impl NodeTable {
                     .any(|p| p.port == port && p.protocol == protocol)
             })
             .map(|(name, _)| *name)
+    }
+}
+
+/// Says so when another table drops forwarded packets by policy: shoal does not touch other
+/// tables, so the operator has to let its bridges through.
+async fn warn_forward_drops() {
+    match nft::foreign_forward_drops(None).await {
+        Ok(chains) if !chains.is_empty() => tracing::warn!(
+            chains = %chains.join(", "),
+            "another nftables/iptables table drops forwarded packets by policy (Docker sets iptables' FORWARD to DROP): \
+             traffic of shoal's bridges (shoal0, sbl-*, sbr*, shoal_gwbridge) is dropped there unless it is accepted, \
+             e.g. iptables -I FORWARD -i shoal0 -j ACCEPT; iptables -I FORWARD -o shoal0 -j ACCEPT"
+        ),
+        Ok(_) => {}
+        Err(err) => tracing::debug!(%err, "list the nftables chains"),
     }
 }
 

@@ -409,8 +409,15 @@ fn attachments(
 }
 
 /// Runs passes while `leading` is true (see [`crate::propose::leader_loop`]).
-pub async fn run(store: Arc<Store>, proposer: Arc<dyn Proposer>, leading: watch::Receiver<bool>) {
-    crate::propose::leader_loop("allocator", store, proposer, leading, allocate).await
+/// `lock` is the control API's allocation lock: the control API hands out VIPs and this loop
+/// task addresses from the same subnets.
+pub async fn run(
+    store: Arc<Store>,
+    proposer: Arc<dyn Proposer>,
+    leading: watch::Receiver<bool>,
+    lock: Arc<tokio::sync::Mutex<()>>,
+) {
+    crate::propose::leader_loop("allocator", store, proposer, leading, Some(lock), allocate).await
 }
 
 #[cfg(test)]

@@ -50,7 +50,7 @@ pub struct ControlApi {
     token: TokenFormatter,
     /// Held from reading the store to writing: virtual IPs, published ports and subnets are
     /// handed out by the control API alone, and two calls must not hand out the same.
-    alloc_lock: tokio::sync::Mutex<()>,
+    alloc_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for ControlApi {
@@ -254,8 +254,13 @@ impl ControlApi {
             proposer,
             raft,
             token,
-            alloc_lock: tokio::sync::Mutex::new(()),
+            alloc_lock: Arc::new(tokio::sync::Mutex::new(())),
         })
+    }
+
+    /// The lock under which addresses and ports are handed out, for the allocator loop.
+    pub fn alloc_lock(&self) -> Arc<tokio::sync::Mutex<()>> {
+        Arc::clone(&self.alloc_lock)
     }
 
     /// Commits one action; the entry's index is the object's new version.

@@ -295,6 +295,7 @@ impl Manager {
                         Arc::clone(&self.store),
                         Arc::clone(&self.proposer),
                         rx.clone(),
+                        self.control.alloc_lock(),
                     ));
                     tokio::spawn(crate::scheduler::run(
                         Arc::clone(&self.store),

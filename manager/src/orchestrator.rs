@@ -350,7 +350,7 @@ fn is_down(node: &Node) -> bool {
 
 /// Runs passes while `leading` is true (see [`crate::propose::leader_loop`]).
 pub async fn run(store: Arc<Store>, proposer: Arc<dyn Proposer>, leading: watch::Receiver<bool>) {
-    crate::propose::leader_loop("orchestrator", store, proposer, leading, |state| {
+    crate::propose::leader_loop("orchestrator", store, proposer, leading, None, |state| {
         let history = state
             .cluster
             .as_ref()

@@ -88,11 +88,16 @@ pub async fn update_node(
 /// Runs `pass` over the store while `leading` is true: after every store change (debounced,
 /// so a burst of status reports makes one pass) and every second, so that delays come due
 /// and refused writes are retried. Each pass's actions are one Raft entry.
+///
+/// With `lock`, a pass and its write happen under it, so a writer that holds the same lock
+/// (the control API handing out VIPs and ports) never works from a state this pass is about
+/// to change.
 pub async fn leader_loop(
     name: &'static str,
     store: Arc<Store>,
     proposer: Arc<dyn Proposer>,
     mut leading: tokio::sync::watch::Receiver<bool>,
+    lock: Option<Arc<tokio::sync::Mutex<()>>>,
     pass: impl Fn(&crate::store::State) -> Vec<StoreAction>,
 ) {
     use std::time::Duration;
@@ -101,15 +106,23 @@ pub async fn leader_loop(
         if !*leading.borrow() {
             return;
         }
+        let guard = match &lock {
+            Some(lock) => Some(lock.lock().await),
+            None => None,
+        };
         let actions = pass(&store.read());
-        if !actions.is_empty() {
-            if let Err(err) = proposer.propose(actions).await {
-                if !err.is_conflict() {
-                    tracing::warn!(error = %err, "{name} write failed");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                continue;
+        let written = if actions.is_empty() {
+            Ok(0)
+        } else {
+            proposer.propose(actions).await
+        };
+        drop(guard);
+        if let Err(err) = written {
+            if !err.is_conflict() {
+                tracing::warn!(error = %err, "{name} write failed");
+                tokio::time::sleep(Duration::from_millis(200)).await;
             }
+            continue;
         }
         tokio::select! {
             _ = changes.recv() => {

@@ -197,5 +197,5 @@ pub fn schedule(state: &State) -> Vec<StoreAction> {
 
 /// Runs passes while `leading` is true (see [`crate::propose::leader_loop`]).
 pub async fn run(store: Arc<Store>, proposer: Arc<dyn Proposer>, leading: watch::Receiver<bool>) {
-    crate::propose::leader_loop("scheduler", store, proposer, leading, schedule).await
+    crate::propose::leader_loop("scheduler", store, proposer, leading, None, schedule).await
 }

@@ -10,7 +10,9 @@
 //! namespace may still answer for it.
 //!
 //! Tasks are born `NEW`; the allocator gives them their addresses and moves them to `PENDING`,
-//! where the scheduler takes over (Swarm's pipeline).
+//! where the scheduler takes over (Swarm's pipeline). Network attachment tasks (a standalone
+//! container's address, see [`crate::attachment`]) come with their node and go straight to
+//! `ASSIGNED`.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::net::Ipv4Addr;
@@ -23,6 +25,7 @@ use shoal_proto::cluster::v1::{
 };
 use tokio::sync::watch;
 
+use crate::attachment::is_attachment;
 use crate::objects::{self, id_of, is_terminal, now_nanos, touch};
 use crate::propose::Proposer;
 use crate::store::{State, Store};
@@ -55,6 +58,8 @@ pub enum AllocError {
     PoolExhausted,
     #[error("no addresses left on network {network} ({subnet})")]
     NetworkFull { network: String, subnet: String },
+    #[error("network {network} not found")]
+    NoNetwork { network: String },
 }
 
 /// A network's subnet, parsed.
@@ -324,7 +329,8 @@ pub fn vip_mode(service: &Service) -> bool {
         .is_none_or(|e| e.mode() == EndpointMode::Vip)
 }
 
-/// One pass: addresses for new tasks (then `PENDING`), ingress addresses for nodes.
+/// One pass: addresses for new tasks (then `PENDING`; attachment tasks `ASSIGNED`), ingress
+/// addresses for nodes.
 pub fn allocate(state: &State) -> Vec<StoreAction> {
     let mut ipam = Ipam::from_state(state);
     let mut actions = Vec::new();
@@ -333,17 +339,31 @@ pub fn allocate(state: &State) -> Vec<StoreAction> {
         if observed != TaskState::New || task.desired_state() != TaskState::Running {
             continue;
         }
-        let Some(service) = state.services.get(&task.service_id) else {
-            continue;
+        // An attachment task's node is the one that asked: it skips the scheduler.
+        let (allocated, next, message) = if is_attachment(task) {
+            (
+                attachment_addresses(state, task, &mut ipam),
+                TaskState::Assigned,
+                "assigned to the node that asked for it",
+            )
+        } else {
+            let Some(service) = state.services.get(&task.service_id) else {
+                continue;
+            };
+            (
+                attachments(state, service, &mut ipam),
+                TaskState::Pending,
+                "pending task scheduling",
+            )
         };
         let mut task = task.clone();
-        match attachments(state, service, &mut ipam) {
+        match allocated {
             Ok(networks) => {
                 task.networks = networks;
                 task.status = Some(TaskStatus {
-                    state: TaskState::Pending as i32,
+                    state: next as i32,
                     timestamp: now_nanos(),
-                    message: "pending task scheduling".into(),
+                    message: message.into(),
                     ..Default::default()
                 });
             }
@@ -403,6 +423,34 @@ fn attachments(
                 .unwrap_or_default(),
             network_id,
             addresses: vec![addr],
+        });
+    }
+    Ok(out)
+}
+
+/// Addresses for a network attachment task: one on each network it names, with its aliases.
+fn attachment_addresses(
+    state: &State,
+    task: &Task,
+    ipam: &mut Ipam,
+) -> Result<Vec<NetworkAttachment>, AllocError> {
+    let configs = task
+        .spec
+        .iter()
+        .filter_map(|s| s.attachment.as_ref())
+        .flat_map(|a| &a.networks);
+    let mut out = Vec::new();
+    for config in configs {
+        // Removed between the request and this pass: say so rather than "no addresses left".
+        if !state.networks.contains_key(&config.target) {
+            return Err(AllocError::NoNetwork {
+                network: config.target.clone(),
+            });
+        }
+        out.push(NetworkAttachment {
+            network_id: config.target.clone(),
+            addresses: vec![ipam.alloc(&config.target)?],
+            aliases: config.aliases.clone(),
         });
     }
     Ok(out)

@@ -4,7 +4,8 @@
 //! tasks); task status reports from all agents are batched into few Raft entries.
 //!
 //! The node is who its certificate says: every RPC reads the caller's node id from the TLS
-//! peer certificate, never from the request.
+//! peer certificate, never from the request. Standalone containers join attachable overlays
+//! through it too (`AttachNetwork`/`DetachNetwork`, see [`crate::attachment`]).
 
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
@@ -481,6 +482,34 @@ impl Dispatcher for DispatcherRpc {
         let req = req.into_inner();
         self.images.replicate(req.reference, req.source).await?;
         Ok(Response::new(ReplicateImageResponse {}))
+    }
+
+    async fn attach_network(
+        &self,
+        req: Request<AttachNetworkRequest>,
+    ) -> Result<Response<AttachNetworkResponse>, Status> {
+        let node_id = self.caller(peer_identity(&req))?;
+        let req = req.into_inner();
+        let task = crate::attachment::attach(
+            &self.store,
+            &*self.proposer,
+            &node_id,
+            &req.network,
+            &req.container_id,
+            crate::attachment::ADDRESS_TIMEOUT,
+        )
+        .await?;
+        Ok(Response::new(AttachNetworkResponse { task: Some(task) }))
+    }
+
+    async fn detach_network(
+        &self,
+        req: Request<DetachNetworkRequest>,
+    ) -> Result<Response<DetachNetworkResponse>, Status> {
+        let node_id = self.caller(peer_identity(&req))?;
+        let task_id = req.into_inner().task_id;
+        crate::attachment::detach(&self.store, &*self.proposer, &node_id, &task_id).await?;
+        Ok(Response::new(DetachNetworkResponse {}))
     }
 
     type ExportImageStream = ImageStream;

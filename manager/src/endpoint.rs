@@ -12,6 +12,7 @@ use shoal_proto::cluster::v1::{
 use tonic::Status;
 
 use crate::allocator::{self, Ipam, DYNAMIC_PORTS};
+use crate::attachment::{attachment_networks, is_attachment};
 use crate::objects::{id_of, lookup, LookupError};
 use crate::store::State;
 
@@ -312,6 +313,21 @@ pub fn network_in_use(state: &State, network: &Network) -> Option<String> {
                 id_of(&service.meta)
             ));
         }
+    }
+    // Counted by their spec too: an attachment not yet addressed has no `networks` yet.
+    let attached = state
+        .tasks
+        .values()
+        .filter(|t| is_attachment(t))
+        .filter(|t| t.desired_state() as i32 <= shoal_proto::cluster::v1::TaskState::Running as i32)
+        .filter(|t| {
+            attachment_networks(t).any(|n| n == id) || t.networks.iter().any(|a| a.network_id == id)
+        })
+        .count();
+    if attached > 0 {
+        return Some(format!(
+            "network {name} is in use by {attached} attached container(s)"
+        ));
     }
     let tasks = state
         .tasks

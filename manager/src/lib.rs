@@ -3,6 +3,7 @@
 //! the certificate authority. Knows nothing of how containers start.
 
 pub mod allocator;
+pub mod attachment;
 pub mod ca;
 pub mod controlapi;
 pub mod dispatcher;

@@ -5,6 +5,10 @@
 //! time. The task reaper deletes tasks marked for removal once they stopped, and keeps the
 //! last few stopped tasks per slot as history.
 //!
+//! Network attachment tasks (standalone containers' addresses, [`crate::attachment`]) belong
+//! to no service: only their removal is decided here (node removed, or stopped), and the
+//! reaper deletes them like any task.
+//!
 //! Every pass reads the store, computes all changes and writes them as one Raft entry, so a
 //! service of 500 replicas costs one entry, not 500.
 
@@ -18,6 +22,7 @@ use shoal_proto::cluster::v1::{
 };
 use tokio::sync::watch;
 
+use crate::attachment::is_attachment;
 use crate::objects::{
     self, id_of, is_terminal, new_meta, node_keeps_tasks, node_schedulable, now_nanos, touch,
 };
@@ -113,6 +118,10 @@ pub fn reconcile(state: &State, history: usize) -> Vec<StoreAction> {
 
     let mut by_service: HashMap<&str, Vec<&Task>> = HashMap::new();
     for task in state.tasks.values() {
+        if is_attachment(task) {
+            reconcile_attachment(state, task, &mut actions);
+            continue;
+        }
         by_service
             .entry(task.service_id.as_str())
             .or_default()
@@ -139,6 +148,20 @@ pub fn reconcile(state: &State, history: usize) -> Vec<StoreAction> {
     }
     reap(state, history, &mut actions);
     dedupe(actions)
+}
+
+/// A network attachment task has no service to keep it true: it lives until its container
+/// detaches, and also ends when its node is removed (nothing will ever detach it then) or when
+/// its node reported it stopped (observed state never moves back, so it cannot run again).
+/// A drained or down node keeps it: the container is not Swarm's to move.
+fn reconcile_attachment(state: &State, task: &Task, actions: &mut Vec<StoreAction>) {
+    if task.desired_state() != TaskState::Running {
+        return;
+    }
+    let node_gone = !state.nodes.contains_key(&task.node_id);
+    if node_gone || is_terminal(state_of(task)) {
+        actions.push(objects::update(with_desired(task, TaskState::Remove)));
+    }
 }
 
 /// Keeps the first action on each object: the store refuses a batch that touches one object
@@ -310,8 +333,12 @@ fn reconcile_global(
 /// Deletes tasks that are done with: marked for removal and stopped (or on a node that can no
 /// longer report), and stopped history beyond `history` per slot.
 fn reap(state: &State, history: usize, out: &mut Vec<StoreAction>) {
-    let gone =
-        |task: &Task| task.node_id.is_empty() || state.nodes.get(&task.node_id).is_none_or(is_down);
+    // A task that never reached ASSIGNED was never sent to a node: there is nothing to stop.
+    let gone = |task: &Task| {
+        task.node_id.is_empty()
+            || state_of(task) < TaskState::Assigned
+            || state.nodes.get(&task.node_id).is_none_or(is_down)
+    };
     let mut slots: HashMap<(&str, u64, &str), Vec<&Task>> = HashMap::new();
     for task in state.tasks.values() {
         let stopped = is_terminal(state_of(task)) || gone(task);

@@ -264,3 +264,80 @@ async fn tokens_are_checked_and_roles_authorize_rpcs() {
         .is_err());
     f.manager.shutdown().await;
 }
+
+#[tokio::test]
+async fn standalone_containers_attach_over_the_dispatcher() {
+    let f = manager().await;
+    let worker = f.join(f.token(false)).await.unwrap();
+    let worker_id = worker.peer().unwrap().node_id;
+    let mut control = ControlClient::new(f.channel(&f.identity));
+    for (name, attachable) in [("shared", true), ("private", false)] {
+        control
+            .create_network(CreateNetworkRequest {
+                spec: Some(NetworkSpec {
+                    name: name.into(),
+                    driver: "overlay".into(),
+                    attachable,
+                    ..Default::default()
+                }),
+            })
+            .await
+            .unwrap();
+    }
+    let mut dispatcher = DispatcherClient::new(f.channel(&worker));
+    let attach = |network: &str| AttachNetworkRequest {
+        network: network.into(),
+        container_id: "c1".into(),
+    };
+
+    let err = dispatcher
+        .attach_network(attach("private"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert_eq!(err.message(), "network private not manually attachable");
+
+    // The node is the certificate's: the task is the worker's, addressed and assigned.
+    let task = dispatcher
+        .attach_network(attach("shared"))
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+        .unwrap();
+    assert_eq!(task.node_id, worker_id);
+    assert_eq!(task.status.as_ref().unwrap().state(), TaskState::Assigned);
+    assert_eq!(task.networks.len(), 1);
+    assert_eq!(task.networks[0].addresses.len(), 1);
+    let task_id = task.meta.unwrap().id;
+
+    // Another node may not detach it; its own may, as often as it likes.
+    let err = DispatcherClient::new(f.channel(&f.identity))
+        .detach_network(DetachNetworkRequest {
+            task_id: task_id.clone(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    for _ in 0..2 {
+        dispatcher
+            .detach_network(DetachNetworkRequest {
+                task_id: task_id.clone(),
+            })
+            .await
+            .unwrap();
+    }
+    let desired = f
+        .manager
+        .store()
+        .read()
+        .tasks
+        .get(&task_id)
+        .map(|t| t.desired_state());
+    // Marked for removal; the reaper may already have deleted it (it never ran).
+    assert!(
+        matches!(desired, None | Some(TaskState::Remove)),
+        "{desired:?}"
+    );
+    f.manager.shutdown().await;
+}

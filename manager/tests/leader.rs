@@ -3,34 +3,19 @@
 //! orchestrator and the scheduler make of services and nodes.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::sync::Arc;
 
-use futures::future::BoxFuture;
+use common::NoRaft;
 use futures::StreamExt;
-use shoal_manager::controlapi::{ControlApi, RaftControl};
+use shoal_manager::controlapi::ControlApi;
 use shoal_manager::objects::{self, new_meta};
-use shoal_manager::propose::{LocalProposer, ProposeError, Proposer};
+use shoal_manager::propose::{LocalProposer, Proposer};
 use shoal_manager::store::Store;
 use shoal_manager::{allocator, orchestrator, scheduler};
 use shoal_proto::cluster::v1::service_spec::Mode;
 use shoal_proto::cluster::v1::*;
-
-struct NoRaft;
-
-impl RaftControl for NoRaft {
-    fn leader_raft_id(&self) -> Option<u64> {
-        Some(1)
-    }
-    fn voters(&self) -> usize {
-        1
-    }
-    fn remove_member(&self, _: u64) -> BoxFuture<'static, Result<(), ProposeError>> {
-        Box::pin(async { Ok(()) })
-    }
-    fn advertise_addr(&self) -> String {
-        "198.18.0.11:4247".into()
-    }
-}
 
 struct Leader {
     store: Arc<Store>,

@@ -553,3 +553,122 @@ fn published_ports_answer_on_every_node() {
     c.shoal_ok("manager1", &["network", "rm", "tiny"]);
     wait_clean(&c);
 }
+
+/// An attachable overlay takes standalone containers (`container run --network NET` on any
+/// node): they reach the services on it by name across nodes; a network that is not
+/// attachable refuses them; removing the container detaches it.
+#[test]
+fn attachable_overlay_takes_standalone_containers() {
+    if !cluster::can_run() {
+        return;
+    }
+    let c = Cluster::up(1, 1);
+    import_demo(&c, &["manager1", "worker1"]);
+    c.shoal_ok(
+        "manager1",
+        &["network", "create", "-d", "overlay", "--attachable", "att"],
+    );
+    c.shoal_ok(
+        "manager1",
+        &["network", "create", "-d", "overlay", "closed"],
+    );
+    create_service(
+        &c,
+        "manager1",
+        "web",
+        &["--network", "att", "--constraint", "node.role==manager"],
+        &WHOAMI,
+    );
+    wait_running(&c, "manager1", "web", 1, |n| n == "manager1");
+    let web = task_hostnames(&c, "web");
+
+    // From the worker, through the VIP, to the task on the manager.
+    let fetch = "timeout 3 wget -qO- http://web/ || exit 1";
+    let got = wait_until(
+        CONVERGE,
+        "a standalone container on att to reach web",
+        || {
+            let out = c.shoal(
+                "worker1",
+                &[
+                    "container",
+                    "run",
+                    "--rm",
+                    "--network",
+                    "att",
+                    "demo:latest",
+                    "sh",
+                    "-c",
+                    fetch,
+                ],
+            );
+            if out.status.success() {
+                Ok(text(&out.stdout).trim().to_string())
+            } else {
+                Err(text(&out.stderr))
+            }
+        },
+    );
+    assert!(
+        web.contains(&got),
+        "answer {got:?} is not web's task {web:?}"
+    );
+
+    fails_with(
+        &c.shoal(
+            "worker1",
+            &[
+                "container",
+                "run",
+                "--rm",
+                "--network",
+                "closed",
+                "demo:latest",
+                "true",
+            ],
+        ),
+        "a container on a network that is not attachable",
+        "not manually attachable",
+    );
+
+    // An attached container keeps the network in use until it is removed.
+    c.shoal_ok(
+        "worker1",
+        &[
+            "container",
+            "run",
+            "-d",
+            "--name",
+            "att1",
+            "--network",
+            "att",
+            "demo:latest",
+            "sleep",
+            "1000",
+        ],
+    );
+    c.shoal_ok("manager1", &["service", "rm", "web"]);
+    wait_until(CONVERGE, "web's task to go", || {
+        if task_hostnames(&c, "web").is_empty() {
+            Ok(())
+        } else {
+            Err("web still runs".into())
+        }
+    });
+    fails_with(
+        &c.shoal("manager1", &["network", "rm", "att"]),
+        "network rm while a container is attached",
+        "in use",
+    );
+    c.shoal_ok("worker1", &["container", "rm", "-f", "att1"]);
+    c.shoal_ok("manager1", &["network", "rm", "closed"]);
+    wait_until(CONVERGE, "att to be removable", || {
+        let out = c.shoal("manager1", &["network", "rm", "att"]);
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(text(&out.stderr))
+        }
+    });
+    wait_clean(&c);
+}

@@ -377,6 +377,18 @@ async fn control(
             continue;
         }
         // Desired running.
+        if task.spec.as_ref().is_some_and(|s| s.attachment.is_some()) {
+            // A network attachment: the daemon runs the standalone container itself; the
+            // task only holds its address, live from the moment it is assigned.
+            if !reported_running {
+                report(&shared, &task_id, status(TaskState::Running, "attached"));
+                reported_running = true;
+            }
+            if wait_change(&mut rx).await.is_err() {
+                return;
+            }
+            continue;
+        }
         if container.is_none() {
             let wait = task.not_before.saturating_sub(now());
             if wait > 0 {

@@ -132,7 +132,7 @@ pub(super) async fn start_container(
                 let runtime = daemon.runtime.clone();
                 let id = c.id.clone();
                 match blocking(move || Ok(runtime.remove(&id, true)?)).await {
-                    Ok(()) => daemon.bridges.detach_container(&c.id).await,
+                    Ok(()) => daemon.networks.detach_container(&c.id).await,
                     Err(rm) => {
                         tracing::warn!(container.id = %c.id, error = %rm, "cannot remove auto-remove container after a failed start")
                     }
@@ -163,14 +163,13 @@ impl Containers for ContainersApi {
         }
         let (network, hostname) = (wire.network_name.clone(), wire.hostname.clone());
         let mut spec = spec_from_wire(wire)?;
-        let bridges = &self.daemon.bridges;
+        let networks = &self.daemon.networks;
         let attached = if bridged {
-            let attached = bridges
+            let attached = networks
                 .attach(&network, hostname.as_deref(), &ports)
-                .await
-                .map_err(ApiError::from)?;
-            spec.network = NetworkMode::Path(attached.netns.clone());
-            spec.names = Some(attached.names.clone());
+                .await?;
+            spec.network = NetworkMode::Path(attached.netns());
+            spec.names = Some(attached.names());
             Some(attached)
         } else {
             None
@@ -179,13 +178,13 @@ impl Containers for ContainersApi {
         let created = blocking(move || Ok(runtime.create(spec)?)).await;
         let c = match (created, attached) {
             (Ok(c), Some(attached)) => {
-                bridges.bind(&attached.endpoint_id, &c.id, &c.name).await;
+                networks.bind(&attached, &c.id, &c.name).await;
                 c
             }
             (Ok(c), None) => c,
             (Err(err), attached) => {
                 if let Some(attached) = attached {
-                    bridges.detach(&attached.endpoint_id).await;
+                    networks.abandon(attached).await;
                 }
                 return Err(err.into());
             }
@@ -252,7 +251,7 @@ impl Containers for ContainersApi {
         let runtime = self.daemon.runtime.clone();
         let id = c.id.clone();
         blocking(move || Ok(runtime.remove(&id, request.force)?)).await?;
-        self.daemon.bridges.detach_container(&c.id).await;
+        self.daemon.networks.detach_container(&c.id).await;
         tracing::info!(container.id = %c.id, "removed");
         Ok(Response::new(pb::RemoveContainerResponse {}))
     }

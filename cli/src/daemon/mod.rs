@@ -34,6 +34,7 @@ pub mod exec;
 pub mod follow;
 pub mod images;
 pub mod lock;
+pub mod netattach;
 pub mod networks;
 pub mod reaper;
 pub mod signal;
@@ -103,6 +104,8 @@ pub struct Daemon {
     pub swarm: Arc<swarm::SwarmNode>,
     /// The node-local bridge networks of standalone containers.
     pub bridges: Arc<Bridges>,
+    /// Standalone containers' networks, local or attachable overlays.
+    pub networks: Arc<netattach::ContainerNetworks>,
 }
 
 /// Serves the node API on `listener` until `shutdown` completes. Takes the data-root lock
@@ -127,7 +130,8 @@ pub async fn run(
     let bridges = Bridges::open(&root, Arc::clone(&table))
         .await
         .map_err(DaemonError::Bridges)?;
-    let reaper = Reaper::new(runtime.clone(), Arc::clone(&bridges));
+    let networks = netattach::ContainerNetworks::new(&root, Arc::clone(&bridges));
+    let reaper = Reaper::new(runtime.clone(), Arc::clone(&networks));
     reaper.adopt().await.map_err(DaemonError::Adopt)?;
     {
         // Endpoints of containers removed while no daemon ran.
@@ -143,6 +147,7 @@ pub async fn run(
     let swarm = swarm::SwarmNode::open(&root, runtime.clone(), table)
         .await
         .map_err(DaemonError::Swarm)?;
+    networks.set_swarm(Arc::clone(&swarm));
     let (stop_tx, stopping) = watch::channel(false);
     let daemon = Arc::new(Daemon {
         runtime,
@@ -150,6 +155,7 @@ pub async fn run(
         stopping,
         swarm: Arc::clone(&swarm),
         bridges,
+        networks,
     });
     tracing::info!(data_root = %root.display(), "shoald serving");
     let shutdown = async move {

@@ -8,7 +8,7 @@
 //! [`Hold`] on it; the removal waits until the holds are released (or [`HOLD_TIMEOUT`]), so
 //! the log is not deleted under them.
 
-use shoal_worker::bridge::Bridges;
+use super::netattach::ContainerNetworks;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
@@ -61,8 +61,8 @@ pub async fn wait_for_exit(runtime: &Runtime, id: &str) -> Result<()> {
 #[derive(Debug)]
 pub struct Reaper {
     runtime: Runtime,
-    /// A removed container's endpoint goes with it.
-    bridges: Arc<Bridges>,
+    /// A removed container's network attachment goes with it.
+    networks: Arc<ContainerNetworks>,
     /// Container id → number of readers that must see its last output before removal.
     holds: watch::Sender<HashMap<String, usize>>,
     /// Auto-removals in progress or recently done, by container id (shared with the tasks
@@ -122,10 +122,10 @@ fn locked<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Reaper {
     /// A reaper for the containers of `runtime`.
-    pub fn new(runtime: Runtime, bridges: Arc<Bridges>) -> Arc<Reaper> {
+    pub fn new(runtime: Runtime, networks: Arc<ContainerNetworks>) -> Arc<Reaper> {
         Arc::new(Reaper {
             runtime,
-            bridges,
+            networks,
             holds: watch::Sender::new(HashMap::new()),
             removals: Arc::new(Mutex::new(HashMap::new())),
             watched: Mutex::new(HashSet::new()),
@@ -247,7 +247,7 @@ impl Reaper {
         match blocking(move || Ok(runtime.remove(&owned, false)?)).await {
             Ok(()) | Err(ApiError::Container(ContainerError::NotFound(_))) => {
                 tracing::debug!(container.id = %id, "auto-removed");
-                self.bridges.detach_container(id).await;
+                self.networks.detach_container(id).await;
             }
             Err(err) => tracing::warn!(container.id = %id, error = %err, "auto-remove failed"),
         }

@@ -639,6 +639,98 @@ impl SwarmNode {
         }
     }
 
+    /// A standalone container joins the cluster network `network` (attachable overlays): the
+    /// leader makes a network attachment task for this node and answers with its address;
+    /// the sandbox is this node's networking's. `container_id` names the container in the
+    /// cluster (the caller's provisional id). NOT_FOUND when this node is in no swarm.
+    pub async fn attach_network(
+        &self,
+        network: &str,
+        container_id: &str,
+    ) -> Result<(Task, Arc<NodeNetwork>), Status> {
+        let (managers, tls, node_id) = {
+            let guard = self.active.lock().await;
+            let active = guard
+                .as_ref()
+                .ok_or_else(|| Status::not_found(format!("network {network} not found")))?;
+            let tls = transport::client_config(&active.identity)
+                .map_err(|e| Status::internal(e.to_string()))?;
+            let managers = active.agent_state.borrow().managers.clone();
+            (managers, tls, active.state.node_id.clone())
+        };
+        let req = AttachNetworkRequest {
+            network: network.to_string(),
+            container_id: container_id.to_string(),
+        };
+        let mut last = Status::unavailable("no manager answered");
+        // The leader comes first; another manager tells us it is not the leader.
+        for addr in &managers {
+            let Ok(channel) = transport::channel(addr, Arc::clone(&tls)) else {
+                continue;
+            };
+            match DispatcherClient::new(channel)
+                .attach_network(req.clone())
+                .await
+            {
+                Ok(resp) => {
+                    let task = resp
+                        .into_inner()
+                        .task
+                        .ok_or_else(|| Status::internal("attach: the answer has no task"))?;
+                    let network = self.network_for(&node_id).await?;
+                    return Ok((task, network));
+                }
+                Err(status)
+                    if matches!(
+                        status.code(),
+                        tonic::Code::Unavailable | tonic::Code::FailedPrecondition
+                    ) =>
+                {
+                    last = status;
+                }
+                Err(status) => return Err(status),
+            }
+        }
+        Err(last)
+    }
+
+    /// The container of the attachment task `task_id` is gone: its sandbox goes, and the
+    /// leader is told (best effort: the task is retried by nobody, but it holds only an
+    /// address, and a node's full assignment set keeps its sandbox only while it exists).
+    pub async fn detach_network(&self, task_id: &str) {
+        let (managers, tls, node_id) = {
+            let guard = self.active.lock().await;
+            let Some(active) = guard.as_ref() else {
+                return;
+            };
+            let Ok(tls) = transport::client_config(&active.identity) else {
+                return;
+            };
+            let managers = active.agent_state.borrow().managers.clone();
+            (managers, tls, active.state.node_id.clone())
+        };
+        if let Ok(network) = self.network_for(&node_id).await {
+            network.release(task_id).await;
+        }
+        let req = DetachNetworkRequest {
+            task_id: task_id.to_string(),
+        };
+        for addr in &managers {
+            let Ok(channel) = transport::channel(addr, Arc::clone(&tls)) else {
+                continue;
+            };
+            match DispatcherClient::new(channel)
+                .detach_network(req.clone())
+                .await
+            {
+                Ok(_) => return,
+                Err(status) => {
+                    tracing::warn!(task = %task_id, manager = %addr, error = %status.message(), "detach a network attachment")
+                }
+            }
+        }
+    }
+
     fn router_current(&self) -> Current {
         self.current
             .lock()

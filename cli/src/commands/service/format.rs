@@ -901,6 +901,7 @@ mod tests {
                     constraints: vec!["node.role==worker".into()],
                 }),
                 force_update: 0,
+                attachment: None,
             }),
             mode: Some(Mode::Replicated(pb::ReplicatedMode { replicas: 3 })),
             networks: vec![pb::NetworkAttachmentConfig {

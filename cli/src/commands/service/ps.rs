@@ -290,12 +290,15 @@ pub async fn print_tasks(
     flags: &TaskListFlags,
     no_trunc: bool,
 ) -> anyhow::Result<()> {
-    let tasks = control
+    let mut tasks = control
         .list_tasks(request)
         .await
         .or_daemon_error()?
         .into_inner()
         .tasks;
+    // Network attachments of standalone containers are tasks only inside the cluster; Docker
+    // does not list them either (`container ls` on their node shows the containers).
+    tasks.retain(|t| t.spec.as_ref().is_none_or(|s| s.attachment.is_none()));
     let names = Names::fetch(control).await?;
     let rows = task_rows(&tasks, &names, SystemTime::now(), no_trunc);
     write_rows(&rows, flags.quiet, flags.format, std::io::stdout().lock())?;

@@ -147,7 +147,14 @@ pub fn read_json<T: serde::de::DeserializeOwned>(
 /// Derives a container's [`State`] from its state files.
 pub fn load_state(dir: &std::path::Path) -> super::Result<State> {
     let started: Option<StateFile> = read_json(dir, files::STATE)?;
-    let exited: Option<ExitFile> = read_json(dir, files::EXIT)?;
+    let mut exited: Option<ExitFile> = read_json(dir, files::EXIT)?;
+    if let (Some(st), None) = (&started, &exited) {
+        if !alive(st.shim_pid, st.shim_start) {
+            // The supervisor writes exit.json and then exits: it may have done both since
+            // exit.json was read. Only a second look tells a clean exit from a lost one.
+            exited = read_json(dir, files::EXIT)?;
+        }
+    }
     let mut state = State::default();
     if let Some(ex) = &exited {
         state.exit_code = ex.exit_code;

@@ -170,6 +170,17 @@ impl Leader {
     }
 }
 
+/// A leader with the attachable network `shared` and container c1 of node n1 attached.
+async fn attached_on_shared() -> (Leader, Task) {
+    let l = leader().await;
+    l.network("shared", true, false, "").await;
+    let task = l
+        .attach("n1", "shared", "c1", ADDRESS_TIMEOUT)
+        .await
+        .unwrap();
+    (l, task)
+}
+
 fn id(task: &Task) -> String {
     task.meta.as_ref().unwrap().id.clone()
 }
@@ -264,12 +275,7 @@ async fn only_attachable_networks_take_containers() {
 
 #[tokio::test]
 async fn the_leader_leaves_attachments_alone() {
-    let l = leader().await;
-    l.network("shared", true, false, "").await;
-    let task = l
-        .attach("n1", "shared", "c1", ADDRESS_TIMEOUT)
-        .await
-        .unwrap();
+    let (l, task) = attached_on_shared().await;
     l.report(&id(&task), TaskState::Running).await;
     // A service beside it, and a drain of its node: its tasks move, the attachment does not.
     l.api
@@ -322,12 +328,7 @@ async fn the_leader_leaves_attachments_alone() {
 
 #[tokio::test]
 async fn detach_marks_for_removal_and_the_reaper_deletes_once_stopped() {
-    let l = leader().await;
-    l.network("shared", true, false, "").await;
-    let task = l
-        .attach("n1", "shared", "c1", ADDRESS_TIMEOUT)
-        .await
-        .unwrap();
+    let (l, task) = attached_on_shared().await;
     let task_id = id(&task);
     l.report(&task_id, TaskState::Running).await;
 
@@ -357,12 +358,7 @@ async fn detach_marks_for_removal_and_the_reaper_deletes_once_stopped() {
 
 #[tokio::test]
 async fn an_attachment_that_stopped_on_its_own_goes() {
-    let l = leader().await;
-    l.network("shared", true, false, "").await;
-    let task = l
-        .attach("n1", "shared", "c1", ADDRESS_TIMEOUT)
-        .await
-        .unwrap();
+    let (l, task) = attached_on_shared().await;
     l.report(&id(&task), TaskState::Failed).await;
     l.settle().await;
     assert_eq!(l.task(&id(&task)), None);

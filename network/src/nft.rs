@@ -228,6 +228,15 @@ fn saddr_in(net: &Ipv4Net) -> Statement<'static> {
     )
 }
 
+/// `oifname NAME`.
+fn oifname_is(name: &str) -> Statement<'static> {
+    match_expr(
+        Operator::EQ,
+        meta(MetaKey::Oifname),
+        Expression::String(name.to_string().into()),
+    )
+}
+
 /// `ct status dnat`.
 fn ct_status_dnat() -> Statement<'static> {
     match_expr(
@@ -342,11 +351,7 @@ pub fn node_ruleset(rules: &NodeRules) -> Nftables<'static> {
         table.rule(
             "postrouting",
             vec![
-                match_expr(
-                    Operator::EQ,
-                    meta(MetaKey::Oifname),
-                    Expression::String(bridge.clone().into()),
-                ),
+                oifname_is(bridge),
                 ct_status_dnat(),
                 Statement::Masquerade(None),
             ],
@@ -358,11 +363,7 @@ pub fn node_ruleset(rules: &NodeRules) -> Nftables<'static> {
             "postrouting",
             vec![
                 saddr_in(source),
-                match_expr(
-                    Operator::EQ,
-                    meta(MetaKey::Oifname),
-                    Expression::String(bridge.clone().into()),
-                ),
+                oifname_is(bridge),
                 ct_status_dnat(),
                 Statement::Masquerade(None),
             ],

@@ -295,21 +295,19 @@ impl Bridges {
             let record: Option<Endpoint> = std::fs::read(&path)
                 .ok()
                 .and_then(|b| serde_json::from_slice(&b).ok());
-            let usable = record.filter(|e| {
-                // An endpoint never bound to a container was made by a run that died before
-                // the container was created.
+            // An endpoint never bound to a container was made by a run that died before the
+            // container was created.
+            let usable = record.as_ref().is_some_and(|e| {
                 !e.container_id.is_empty()
                     && inner.networks.iter().any(|n| n.id == e.network_id)
                     && NetNs::open(&ns_path).is_ok()
             });
-            match usable {
-                Some(endpoint) => {
+            match record {
+                Some(endpoint) if usable => {
                     inner.endpoints.insert(endpoint.id.clone(), endpoint);
                 }
-                None => {
-                    if let Ok(Some(e)) =
-                        std::fs::read(&path).map(|b| serde_json::from_slice::<Endpoint>(&b).ok())
-                    {
+                other => {
+                    if let Some(e) = other {
                         let _ = inner.netlink.delete_link(&e.host_link).await;
                     }
                     let _ = NetNs::remove(&ns_path);

@@ -268,7 +268,7 @@ impl Manager {
     /// a manager restarted alone may believe it still leads (openraft restores its vote), and
     /// must not mark nodes down or accept sessions it cannot commit anything for.
     async fn follow_leadership(self: Arc<Self>) {
-        let mut metrics = self.raft.metrics();
+        let mut metrics = self.raft.server_metrics();
         loop {
             let believes = {
                 let m = metrics.borrow_and_update();

@@ -30,7 +30,9 @@ use tokio::sync::watch;
 
 pub use self::network::ChannelFactory;
 pub use self::server::{RaftRpc, RaftRpcHooks};
-pub use self::types::{Member, Raft, RaftMetrics, Request, Response, TypeConfig};
+pub use self::types::{
+    Member, Raft, RaftMetrics, RaftServerMetrics, Request, Response, TypeConfig,
+};
 
 use self::log_store::LogStore;
 use self::network::Network;
@@ -317,6 +319,14 @@ impl RaftNode {
     /// openraft's metrics of this node, as they change.
     pub fn metrics(&self) -> watch::Receiver<RaftMetrics> {
         self.raft.metrics()
+    }
+
+    /// The vote, role, leader and membership of this node, notified only when one of them
+    /// changes. Watch this rather than [`RaftNode::metrics`] to react to leadership: the full
+    /// metrics change on every heartbeat and every leadership confirmation, so a loop that
+    /// confirms on each change of them never sleeps.
+    pub fn server_metrics(&self) -> watch::Receiver<RaftServerMetrics> {
+        self.raft.server_metrics()
     }
 
     /// Confirms leadership with a quorum and waits until the store has applied everything

@@ -62,6 +62,8 @@ pub type SnapshotMeta = openraft::SnapshotMeta<u64, Member>;
 pub type StoredMembership = openraft::StoredMembership<u64, Member>;
 /// Metrics of the local Raft node.
 pub type RaftMetrics = openraft::RaftMetrics<u64, Member>;
+/// The part of [`RaftMetrics`] that changes only with the vote, role, leader or membership.
+pub type RaftServerMetrics = openraft::metrics::RaftServerMetrics<u64, Member>;
 /// An error of a Raft API call, with the call's own error `E`.
 pub type RaftApiError<E = openraft::error::Infallible> = openraft::error::RaftError<u64, E>;
 

@@ -21,14 +21,16 @@ use std::path::PathBuf;
 use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use netlink_packet_route::link::{
-    InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage,
+    InfoData, InfoKind, InfoVeth, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage, MacVlanMode,
 };
 use netlink_packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
 use netlink_packet_route::route::RouteAttribute;
 use netlink_packet_route::AddressFamily;
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder};
+use rtnetlink::{
+    Handle, LinkBridge, LinkMacVlan, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder,
+};
 
 use crate::netns::{NetNs, NetnsError};
 
@@ -93,7 +95,7 @@ pub enum LinkError {
         source: Box<rtnetlink::Error>,
     },
     /// Creating a VXLAN device failed.
-    #[error("create vxlan {name} (vni {vni}, port {port}, master {master})")]
+    #[error("create vxlan {name} (vni {vni}, port {port}, master {})", .master.as_deref().unwrap_or("none"))]
     AddVxlan {
         /// Device name.
         name: String,
@@ -101,8 +103,8 @@ pub enum LinkError {
         vni: u32,
         /// UDP destination port.
         port: u16,
-        /// Bridge it was to be enslaved to.
-        master: String,
+        /// Bridge it was to be enslaved to, if any.
+        master: Option<String>,
         /// Why it failed.
         #[source]
         source: Box<rtnetlink::Error>,
@@ -116,6 +118,19 @@ pub enum LinkError {
         peer: String,
         /// Namespace of the peer end.
         peer_ns: PathBuf,
+        /// Why it failed.
+        #[source]
+        source: Box<rtnetlink::Error>,
+    },
+    /// Creating a macvlan device failed.
+    #[error("create macvlan {name} on {lower}{}", .ns.as_ref().map(|p| format!(" in {}", p.display())).unwrap_or_default())]
+    AddMacvlan {
+        /// Device name.
+        name: String,
+        /// The device it sits on.
+        lower: String,
+        /// Namespace it was created in, when not this one.
+        ns: Option<PathBuf>,
         /// Why it failed.
         #[source]
         source: Box<rtnetlink::Error>,
@@ -397,27 +412,31 @@ impl Netlink {
     }
 
     /// Makes sure a VXLAN device `name` with `vni` on UDP `port` exists, with learning off
-    /// and the ARP proxy on, `mtu`, enslaved to the bridge `master` and up; returns its index.
-    /// A device of that name with another VNI, port or flags is deleted and made anew, since
-    /// the kernel cannot change those on a live device.
+    /// and the ARP proxy on, `mtu`, enslaved to the bridge `master` (or to no bridge: the
+    /// lower device of macvlans) and up; returns its index. A device of that name with another
+    /// VNI, port or flags is deleted and made anew, since the kernel cannot change those on a
+    /// live device.
     pub async fn ensure_vxlan(
         &self,
         name: &str,
         vni: u32,
         port: u16,
         mtu: u32,
-        master: &str,
+        master: Option<&str>,
     ) -> Result<u32> {
-        let master_index = self.require_index(master).await?;
+        let master_index = match master {
+            Some(master) => Some(self.require_index(master).await?),
+            None => None,
+        };
         if let Some(link) = self.get_link(name).await? {
             let index = link.header.index;
             if vxlan_matches(&link, vni, port) {
-                let change = LinkUnspec::new_with_index(index)
-                    .mtu(mtu)
-                    .controller(master_index)
-                    .up()
-                    .build();
-                self.set_link(name, "mtu/master/up", change).await?;
+                let change = LinkUnspec::new_with_index(index).mtu(mtu).up();
+                let change = match master_index {
+                    Some(master) => change.controller(master),
+                    None => change.nocontroller(),
+                };
+                self.set_link(name, "mtu/master/up", change.build()).await?;
                 return Ok(index);
             }
             if info_kind(&link) != Some(&InfoKind::Vxlan) {
@@ -428,26 +447,100 @@ impl Netlink {
             }
             self.delete_index(name, index).await?;
         }
-        let vxlan = LinkVxlan::new(name, vni)
+        let mut vxlan = LinkVxlan::new(name, vni)
             .port(port)
             .learning(false)
             .proxy(true)
             .mtu(mtu)
-            .controller(master_index)
-            .up()
-            .build();
+            .up();
+        if let Some(master) = master_index {
+            vxlan = vxlan.controller(master);
+        }
         self.handle
             .link()
-            .add(vxlan)
+            .add(vxlan.build())
             .execute()
             .await
             .map_err(|source| LinkError::AddVxlan {
                 name: name.to_string(),
                 vni,
                 port,
-                master: master.to_string(),
+                master: master.map(str::to_string),
                 source: source.into(),
             })?;
+        self.require_index(name).await
+    }
+
+    /// Creates a macvlan device `name` in bridge mode on `lower`, with `mac` and the MTU of
+    /// `lower`, directly inside `ns` (down), so it never clashes with a name in this namespace.
+    ///
+    /// A task's end of an overlay: the kernel hands frames for `mac` from `lower` straight to
+    /// it and lets macvlans on the same `lower` talk to each other, which takes the veth pair
+    /// and the bridge (and the bridge's netfilter pass) out of every packet's path.
+    pub async fn create_macvlan(
+        &self,
+        name: &str,
+        lower: &str,
+        ns: &NetNs,
+        mac: [u8; 6],
+    ) -> Result<()> {
+        let lower_index = self.require_index(lower).await?;
+        // The fd stays open (borrowed from `ns`) until the kernel has answered.
+        let macvlan = LinkMacVlan::new(name, lower_index, MacVlanMode::Bridge)
+            .address(mac.to_vec())
+            .setns_by_fd(ns.fd().as_raw_fd())
+            .build();
+        self.handle
+            .link()
+            .add(macvlan)
+            .execute()
+            .await
+            .map_err(|source| LinkError::AddMacvlan {
+                name: name.to_string(),
+                lower: lower.to_string(),
+                ns: Some(ns.path().to_path_buf()),
+                source: source.into(),
+            })
+    }
+
+    /// Makes sure this namespace has a macvlan `name` in bridge mode on `lower`, with `mac`,
+    /// `addr` and up (a node's own address on an overlay); a link of that name of another
+    /// kind or on another device is replaced. Returns its index.
+    pub async fn ensure_macvlan(
+        &self,
+        name: &str,
+        lower: &str,
+        mac: [u8; 6],
+        addr: Ipv4Net,
+    ) -> Result<u32> {
+        let lower_index = self.require_index(lower).await?;
+        if let Some(link) = self.get_link(name).await? {
+            let index = link.header.index;
+            let on_lower = link
+                .attributes
+                .iter()
+                .any(|a| matches!(a, LinkAttribute::Link(i) if *i == lower_index));
+            if info_kind(&link) == Some(&InfoKind::MacVlan) && on_lower {
+                self.configure(name, None, Some(mac), addr).await?;
+                return Ok(index);
+            }
+            self.delete_index(name, index).await?;
+        }
+        let macvlan = LinkMacVlan::new(name, lower_index, MacVlanMode::Bridge)
+            .address(mac.to_vec())
+            .build();
+        match self.handle.link().add(macvlan).execute().await {
+            Ok(()) => {}
+            Err(source) => {
+                return Err(LinkError::AddMacvlan {
+                    name: name.to_string(),
+                    lower: lower.to_string(),
+                    ns: None,
+                    source: source.into(),
+                })
+            }
+        }
+        self.configure(name, None, None, addr).await?;
         self.require_index(name).await
     }
 

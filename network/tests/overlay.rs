@@ -1,5 +1,6 @@
 //! Root tests of `netns` and `link` against the real kernel: namespaces, the overlay data path
-//! between two simulated nodes (bridge + VXLAN + static FDB/neighbour entries), and cleanup.
+//! between two simulated nodes (VXLAN + a macvlan per task + static FDB/neighbour entries),
+//! and cleanup.
 //!
 //! Every namespace lives under `/run/shoal-test-netns/<test>-<pid>` and is removed by a guard,
 //! also when a test fails. Traffic stays inside those namespaces: the underlay uses
@@ -96,22 +97,21 @@ fn ns_id(path: &Path) -> (u64, u64) {
     (stat.st_dev, stat.st_ino)
 }
 
-/// Builds a node's overlay: bridge, VXLAN towards `remote`, a task veth with `task_ip`.
+/// Builds a node's overlay: VXLAN towards `remote`, a task macvlan with `task_ip`.
 async fn build_node(node: &Netlink, task: &NetNs, task_ip: Ipv4Addr, remote: Ipv4Addr) -> Netlink {
     let underlay_mtu = node.mtu_towards(remote).await.unwrap();
     assert_eq!(underlay_mtu, 1500);
     let mtu = underlay_mtu - 50;
-    node.ensure_bridge(BRIDGE, None).await.unwrap();
-    node.ensure_vxlan(VXLAN, VNI, VXLAN_PORT, mtu, BRIDGE)
+    node.ensure_vxlan(VXLAN, VNI, VXLAN_PORT, mtu, None)
         .await
         .unwrap();
-    node.create_veth("shveth-task", "tmp-eth", task, Some(BRIDGE), mtu)
+    node.create_macvlan("tmp-eth", VXLAN, task, mac_for(task_ip))
         .await
         .unwrap();
     let task_nl = Netlink::in_ns(task).unwrap();
     let addr = Ipv4Net::new(task_ip, 24).unwrap();
     task_nl
-        .configure("tmp-eth", Some("eth0"), Some(mac_for(task_ip)), addr)
+        .configure("tmp-eth", Some("eth0"), None, addr)
         .await
         .unwrap();
     // Repeating it (a restarted agent) finds the renamed link and changes nothing.
@@ -131,6 +131,14 @@ async fn build_node(node: &Netlink, task: &NetNs, task_ip: Ipv4Addr, remote: Ipv
     let mut names = task_nl.links_with_prefix("").await.unwrap();
     names.sort();
     assert_eq!(names, ["eth0", "lo"]);
+    assert_eq!(
+        task_nl
+            .mtu_towards(Ipv4Addr::new(198, 19, 42, 9))
+            .await
+            .unwrap(),
+        mtu,
+        "a task's macvlan takes the VXLAN device's MTU"
+    );
     task_nl
 }
 
@@ -265,23 +273,23 @@ async fn links_come_and_go_without_leftovers() {
     assert_eq!(nl.link_index("shnone").await.unwrap(), None);
 
     let vxlan = nl
-        .ensure_vxlan(VXLAN, VNI, VXLAN_PORT, 1400, BRIDGE)
+        .ensure_vxlan(VXLAN, VNI, VXLAN_PORT, 1400, Some(BRIDGE))
         .await
         .unwrap();
     assert_eq!(
-        nl.ensure_vxlan(VXLAN, VNI, VXLAN_PORT, 1400, BRIDGE)
+        nl.ensure_vxlan(VXLAN, VNI, VXLAN_PORT, 1400, Some(BRIDGE))
             .await
             .unwrap(),
         vxlan,
         "same settings keep the device"
     );
     let replaced = nl
-        .ensure_vxlan(VXLAN, VNI + 1, VXLAN_PORT, 1400, BRIDGE)
+        .ensure_vxlan(VXLAN, VNI + 1, VXLAN_PORT, 1400, Some(BRIDGE))
         .await
         .unwrap();
     assert_ne!(replaced, vxlan, "another VNI makes a new device");
     assert!(matches!(
-        nl.ensure_vxlan(VXLAN, VNI, VXLAN_PORT, 1400, "shnone")
+        nl.ensure_vxlan(VXLAN, VNI, VXLAN_PORT, 1400, Some("shnone"))
             .await,
         Err(LinkError::NoSuchLink { .. })
     ));
@@ -305,14 +313,65 @@ async fn links_come_and_go_without_leftovers() {
         .await
         .unwrap();
 
+    // Macvlans on the VXLAN device: a task's end (made inside its namespace, with the
+    // device's MTU) and the node's own one (kept when asked again, replaced when it sits on
+    // another device).
+    // A bridge port cannot carry macvlans: ensuring without a master takes it off the bridge
+    // (a node upgraded from bridged overlays) and keeps the device.
+    assert!(matches!(
+        nl.create_macvlan("tmp-mv", VXLAN, &peer, mac_for(TASK2))
+            .await,
+        Err(LinkError::AddMacvlan { .. })
+    ));
+    assert_eq!(
+        nl.ensure_vxlan(VXLAN, VNI + 1, VXLAN_PORT, 1400, None)
+            .await
+            .unwrap(),
+        replaced
+    );
+    let other_vxlan = "shvx-other";
+    nl.ensure_vxlan(other_vxlan, VNI + 2, VXLAN_PORT + 1, 1400, None)
+        .await
+        .unwrap();
+    nl.create_macvlan("tmp-mv", VXLAN, &peer, mac_for(TASK2))
+        .await
+        .unwrap();
+    assert!(matches!(
+        nl.create_macvlan("tmp-mv2", "shnone", &peer, mac_for(TASK2))
+            .await,
+        Err(LinkError::NoSuchLink { .. })
+    ));
+    let own_addr = "198.19.43.2/24".parse().unwrap();
+    let own = nl
+        .ensure_macvlan("shown", VXLAN, mac_for(TASK1), own_addr)
+        .await
+        .unwrap();
+    assert_eq!(
+        nl.ensure_macvlan("shown", VXLAN, mac_for(TASK1), own_addr)
+            .await
+            .unwrap(),
+        own
+    );
+    let moved = nl
+        .ensure_macvlan("shown", other_vxlan, mac_for(TASK1), own_addr)
+        .await
+        .unwrap();
+    assert_ne!(moved, own, "a macvlan on another device is made anew");
+
     let mut ours = nl.links_with_prefix("sh").await.unwrap();
     ours.sort();
-    assert_eq!(ours, [BRIDGE, "shveth0", VXLAN]);
+    assert_eq!(ours, [BRIDGE, "shown", "shveth0", other_vxlan, VXLAN]);
     let mut peer_links = peer_nl.links_with_prefix("").await.unwrap();
     peer_links.sort();
-    assert_eq!(peer_links, ["eth0", "lo"]);
+    assert_eq!(peer_links, ["eth0", "lo", "tmp-mv"]);
 
-    for name in [VXLAN, "shveth0", BRIDGE] {
+    nl.delete_link(VXLAN).await.unwrap();
+    assert_eq!(
+        peer_nl.links_with_prefix("tmp-mv").await.unwrap(),
+        Vec::<String>::new(),
+        "a task's macvlan goes with its VXLAN device"
+    );
+    for name in [other_vxlan, "shveth0", BRIDGE] {
         nl.delete_link(name).await.unwrap();
         nl.delete_link(name).await.unwrap();
     }

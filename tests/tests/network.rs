@@ -128,7 +128,7 @@ fn wait_clean(c: &Cluster) {
             let links = c.exec_ok(&node, &["ip", "-o", "link", "show"]);
             for line in links.lines() {
                 let name = line.split(':').nth(1).unwrap_or("").trim();
-                let ours = ["sbr", "svx", "sv", "sg", "shoal_gwbridge"]
+                let ours = ["sbr", "snd", "svx", "sv", "sg", "shoal_gwbridge"]
                     .iter()
                     .any(|p| name.starts_with(p));
                 if ours {

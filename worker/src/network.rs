@@ -1,6 +1,6 @@
 //! The node's share of cluster networking: each task's sandbox (a network namespace with one
 //! interface per network, the gateway bridge for outbound traffic and an embedded DNS
-//! server), the per-network bridge and VXLAN device, the static forwarding entries towards
+//! server), the per-network VXLAN device, the static forwarding entries towards
 //! tasks on other nodes, and the node's routing-mesh rules — all programmed from the network
 //! map the dispatcher sends, so nodes never gossip.
 //!
@@ -108,10 +108,15 @@ struct Sandbox {
     vips: Option<Vec<Vip>>,
 }
 
-/// A network's bridge and VXLAN device on this node, and the remote entries written to it.
+/// A network's VXLAN device on this node, and the remote entries written to it.
+///
+/// Tasks join it through a macvlan of their own on the VXLAN device, not a veth on a bridge:
+/// see docs/design/network.md ("Why macvlan").
 #[derive(Default)]
 struct Overlay {
-    bridge: String,
+    /// The node's own macvlan on the network (`snd<vni>`; ingress only, where the node has an
+    /// address), whether or not it exists.
+    own: String,
     vxlan: String,
     /// Remote endpoints programmed: address → tunnel destination (node address).
     remote: BTreeMap<Ipv4Addr, Ipv4Addr>,
@@ -155,9 +160,13 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> NetworkError {
     move |source| NetworkError::Io { what, source }
 }
 
-fn bridge_name(vni: u32) -> String {
-    format!("sbr{vni}")
+fn own_link_name(vni: u32) -> String {
+    format!("snd{vni}")
 }
+
+/// Prefixes of the per-network devices, for the sweep of what a previous run left; `sbr` are
+/// the bridges of releases before overlays used macvlans.
+const OVERLAY_PREFIXES: [&str; 3] = ["svx", "snd", "sbr"];
 
 fn vxlan_name(vni: u32) -> String {
     format!("svx{vni}")
@@ -421,26 +430,20 @@ impl NodeNetwork {
         let ns = NetNs::create(path)?;
         let inside = Netlink::in_ns(&ns)?;
         inside.set_up("lo").await?;
-        let mtu = self.overlay_mtu(inner).await;
         let mut index = 0usize;
         for (network_id, addr) in record.attachments.clone() {
-            let bridge = inner
+            let vxlan = inner
                 .overlays
                 .get(&network_id)
-                .map(|o| o.bridge.clone())
+                .map(|o| o.vxlan.clone())
                 .ok_or_else(|| NetworkError::UnknownNetwork(network_id.clone()))?;
-            let host = host_link("sv", &record.task_id, index);
             let peer = host_link("sp", &record.task_id, index);
-            inner.netlink.delete_link(&host).await?;
             inner
                 .netlink
-                .create_veth(&host, &peer, &ns, Some(&bridge), mtu)
+                .create_macvlan(&peer, &vxlan, &ns, mac_for(addr.addr()))
                 .await?;
-            record.host_links.push(host);
             let eth = format!("eth{index}");
-            inside
-                .configure(&peer, Some(&eth), Some(mac_for(addr.addr())), addr)
-                .await?;
+            inside.configure(&peer, Some(&eth), None, addr).await?;
             index += 1;
         }
         let host = host_link("sg", &record.task_id, 0);
@@ -530,7 +533,7 @@ impl NodeNetwork {
         }
     }
 
-    /// Removes everything: sandboxes, bridges, VXLAN devices and the nft table (the node left
+    /// Removes everything: sandboxes, VXLAN devices and the nft table (the node left
     /// the swarm).
     pub async fn shutdown(self: &Arc<Self>) {
         let ids: Vec<String> = self.inner.lock().await.sandboxes.keys().cloned().collect();
@@ -540,8 +543,8 @@ impl NodeNetwork {
         let mut inner = self.inner.lock().await;
         let overlays: Vec<Overlay> = inner.overlays.drain().map(|(_, o)| o).collect();
         for o in overlays {
+            let _ = inner.netlink.delete_link(&o.own).await;
             let _ = inner.netlink.delete_link(&o.vxlan).await;
-            let _ = inner.netlink.delete_link(&o.bridge).await;
         }
         let _ = inner.netlink.delete_link(GW_BRIDGE).await;
         inner.gateway_ready = false;
@@ -608,12 +611,11 @@ impl NodeNetwork {
             .ok_or_else(|| NetworkError::UnknownNetwork(network_id.to_string()))?;
         let vni = network.allocation.as_ref().map_or(0, |a| a.vni);
         let mtu = self.overlay_mtu(inner).await;
-        let bridge = bridge_name(vni);
+        let own_link = own_link_name(vni);
         let vxlan = vxlan_name(vni);
-        inner.netlink.ensure_bridge(&bridge, Some(mtu)).await?;
         inner
             .netlink
-            .ensure_vxlan(&vxlan, vni, VXLAN_PORT, mtu, &bridge)
+            .ensure_vxlan(&vxlan, vni, VXLAN_PORT, mtu, None)
             .await?;
         // The node's own address on this network (ingress): the mesh's source address
         // towards tasks on other nodes.
@@ -630,14 +632,17 @@ impl NodeNetwork {
             .filter(|a| a.network_id == network_id)
             .flat_map(|a| &a.addresses)
             .find_map(|a| parse_ip(a));
-        if let Some(addr) = own {
-            // Other nodes address this node's frames to the MAC derived from its address
-            // (their neighbour entries say so): the bridge must own that MAC to take them in.
-            let net = Ipv4Net::new(addr, prefix).expect("prefix from a parsed subnet");
-            inner
-                .netlink
-                .configure(&bridge, None, Some(mac_for(addr)), net)
-                .await?;
+        match own {
+            Some(addr) => {
+                // Other nodes address this node's frames to the MAC derived from its address
+                // (their neighbour entries say so).
+                let net = Ipv4Net::new(addr, prefix).expect("prefix from a parsed subnet");
+                inner
+                    .netlink
+                    .ensure_macvlan(&own_link, &vxlan, mac_for(addr), net)
+                    .await?;
+            }
+            None => inner.netlink.delete_link(&own_link).await?,
         }
         // What a previous run programmed, so that the first diff also removes stale entries.
         let fdb: HashMap<[u8; 6], Ipv4Addr> = inner
@@ -656,7 +661,7 @@ impl NodeNetwork {
         inner.overlays.insert(
             network_id.to_string(),
             Overlay {
-                bridge,
+                own: own_link,
                 vxlan,
                 remote,
             },
@@ -731,12 +736,8 @@ impl NodeNetwork {
                         .map_err(Into::into),
                 );
                 note(
-                    "delete an overlay bridge",
-                    inner
-                        .netlink
-                        .delete_link(&o.bridge)
-                        .await
-                        .map_err(Into::into),
+                    "delete the node's own overlay link",
+                    inner.netlink.delete_link(&o.own).await.map_err(Into::into),
                 );
             }
         }
@@ -758,10 +759,10 @@ impl NodeNetwork {
             let mine: HashSet<String> = inner
                 .overlays
                 .values()
-                .flat_map(|o| [o.bridge.clone(), o.vxlan.clone()])
+                .flat_map(|o| [o.own.clone(), o.vxlan.clone()])
                 .collect();
             let mut swept = true;
-            for prefix in ["svx", "sbr"] {
+            for prefix in OVERLAY_PREFIXES {
                 match inner.netlink.links_with_prefix(prefix).await {
                     Ok(links) => {
                         for link in links.iter().filter(|l| {
@@ -870,10 +871,8 @@ impl NodeNetwork {
             ..Default::default()
         };
         if let Some(o) = ingress.as_ref().and_then(|id| inner.overlays.get(id)) {
-            rules.masquerade_dnat_on.push(o.bridge.clone());
-            rules
-                .isolate
-                .push((GW_BRIDGE.to_string(), o.bridge.clone()));
+            rules.masquerade_dnat_on.push(o.own.clone());
+            rules.isolate.push((GW_BRIDGE.to_string(), o.own.clone()));
         }
         for service in &map.services {
             let local: Vec<Ipv4Addr> = inner

@@ -1,16 +1,14 @@
 //! `Runtime::start`: hands the container to a new supervisor (`shoal-shim run`).
 
 use std::io::Read;
-use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 
 use nix::fcntl::OFlag;
 
 use super::state::files;
 use super::{Container, ContainerError, Result, Runtime, Status};
-use crate::process::shim::{StartReport, REPORT_FD};
+use crate::process::shim::StartReport;
 
 impl Runtime {
     /// Starts the container's process under a new supervisor and returns once the process
@@ -77,33 +75,24 @@ impl Runtime {
                 op: "pipe".into(),
                 source,
             })?;
-        let write_fd = write.as_raw_fd();
         let mut cmd = Command::new(&self.cfg.shim);
         cmd.arg("run").arg(&dir);
         if attach {
             cmd.arg("--attach");
         }
+        // The report comes back on the shim's stdout. With no code to run between fork and
+        // exec, std spawns with posix_spawn (vfork-like): no copy of a large daemon's page
+        // tables on every start. The shim starts its own session.
         cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::from(write))
             .stderr(Stdio::null());
-        // SAFETY: only async-signal-safe calls between fork and exec (setsid, dup2).
-        unsafe {
-            cmd.pre_exec(move || {
-                // Its own session: a signal to the daemon's process group (Ctrl-C on a
-                // foreground daemon) must not reach the container's supervisor.
-                libc::setsid();
-                if libc::dup2(write_fd, REPORT_FD) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
         let mut child = cmd.spawn().map_err(|source| ContainerError::Io {
             op: "spawn",
             path: self.cfg.shim.clone(),
             source,
         })?;
-        drop(write);
+        // `cmd` holds our copy of the write end: without it, EOF comes when the shim is done.
+        drop(cmd);
         // The first shim process exits as soon as it has forked the real supervisor, with
         // the attach socket bound.
         let _ = child.wait();

@@ -1,9 +1,10 @@
 //! The supervisor (`shoal-shim`): one small, single-threaded process per container.
 //!
 //! `shoal-shim run DIR` starts the container described by `DIR/config.json`. It detaches
-//! (forks, the parent exits) so that it outlives the daemon that spawned it, creates the
-//! cgroup, clones the container's init into new namespaces, reports the outcome on fd 3
-//! (JSON, then EOF), and then owns the container: it copies its output into the log, waits
+//! (forks, the parent exits, the child starts a session of its own) so that it outlives the
+//! daemon that spawned it, creates the cgroup, clones the container's init into new
+//! namespaces, reports the outcome on its stdout (JSON, then EOF), and then owns the
+//! container: it copies its output into the log, waits
 //! for it, records the exit in `exit.json` and removes the cgroup.
 //!
 //! `shoal-shim exec DIR PROCESS_JSON` runs one more process inside a running container, with
@@ -36,9 +37,6 @@ use crate::logs::{LogWriter, Stream};
 use crate::security::seccomp;
 use crate::spec::{NetworkMode, ProcessSpec, RunSpec};
 
-/// The fd on which `run` reports the start's outcome to the runtime.
-pub const REPORT_FD: i32 = 3;
-
 /// Stack for the cloned init. Only the pages it touches are ever backed by memory.
 const INIT_STACK_SIZE: usize = 1024 * 1024;
 
@@ -46,7 +44,7 @@ const INIT_STACK_SIZE: usize = 1024 * 1024;
 /// EOF almost at once; this bounds the wait in case something else still holds them.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// What `run` reports on fd 3.
+/// What `run` reports on its stdout.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum StartReport {
     /// The process was exec'd.
@@ -84,13 +82,14 @@ fn usage() -> i32 {
 }
 
 fn run(dir: &Path, attach_first: bool) -> i32 {
-    // SAFETY: the runtime passes the report pipe as fd 3; nothing else in this process owns it.
-    let report = unsafe { OwnedFd::from_raw_fd(REPORT_FD) };
-    // The container's init must not inherit it: EOF on it tells the runtime we are done.
-    let _ = nix::fcntl::fcntl(
-        &report,
-        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-    );
+    // The runtime passes the report pipe as stdout, so that it can spawn us without running
+    // code between fork and exec (posix_spawn). Keep it on a close-on-exec fd of its own (the
+    // container's init must not inherit it: EOF on it tells the runtime we are done) and put
+    // /dev/null in its place.
+    let report = match take_stdout() {
+        Ok(fd) => fd,
+        Err(_) => return 125,
+    };
     let mut report = File::from(report);
 
     let spec: RunSpec = match read_json(dir, files::CONFIG) {
@@ -113,12 +112,32 @@ fn run(dir: &Path, attach_first: bool) -> i32 {
         Ok(ForkResult::Child) => {}
         Err(e) => return fail_start(&mut report, dir, 125, format!("fork supervisor: {e}")),
     }
+    // A session of our own: a signal to the daemon's process group (Ctrl-C on a foreground
+    // daemon) must not reach the supervisor. Cannot fail: a forked child leads no group.
+    let _ = nix::unistd::setsid();
     let first = if attach_first {
         accept_first(&listener)
     } else {
         None
     };
     supervise(dir, &spec, report, Io { listener, first })
+}
+
+/// Moves stdout to a new close-on-exec fd and opens /dev/null as stdout.
+fn take_stdout() -> nix::Result<OwnedFd> {
+    let report = nix::fcntl::fcntl(
+        std::io::stdout().as_fd(),
+        nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3),
+    )?;
+    // SAFETY: F_DUPFD_CLOEXEC returned a new fd that nothing else owns.
+    let report = unsafe { OwnedFd::from_raw_fd(report) };
+    let null = nix::fcntl::open(
+        "/dev/null",
+        OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    nix::unistd::dup2_stdout(&null)?;
+    Ok(report)
 }
 
 /// How long a `--attach` start waits for the runtime's connection before going on without.
@@ -160,9 +179,16 @@ fn fail_start(report: &mut File, dir: &Path, code: i32, message: String) -> i32 
         error: message.clone(),
     };
     let _ = write_json(dir, files::EXIT, &exit);
-    let _ = serde_json::to_writer(&mut *report, &StartReport::Failed { code, message });
-    let _ = report.flush();
+    send_report(report, &StartReport::Failed { code, message });
     1
+}
+
+/// Writes the report in one `write`: serde_json writes an unbuffered `File` token by token,
+/// and every write to the pipe wakes the runtime that waits on its other end.
+fn send_report(report: &mut File, outcome: &StartReport) {
+    if let Ok(bytes) = serde_json::to_vec(outcome) {
+        let _ = report.write_all(&bytes);
+    }
 }
 
 fn now() -> String {
@@ -233,7 +259,7 @@ fn supervise(dir: &Path, spec: &RunSpec, mut report: File, io: Io) -> i32 {
                 let _ = cgroup.remove();
                 return fail_start(&mut report, dir, 125, format!("write state.json: {e}"));
             }
-            let _ = serde_json::to_writer(
+            send_report(
                 &mut report,
                 &StartReport::Started {
                     pid: state.pid,

@@ -485,20 +485,32 @@ impl Netlink {
         mac: [u8; 6],
     ) -> Result<()> {
         let lower_index = self.require_index(lower).await?;
-        // The fd stays open (borrowed from `ns`) until the kernel has answered.
-        let macvlan = LinkMacVlan::new(name, lower_index, MacVlanMode::Bridge)
-            .address(mac.to_vec())
-            .setns_by_fd(ns.fd().as_raw_fd())
-            .build();
+        self.add_macvlan(name, (lower, lower_index), mac, Some(ns))
+            .await
+    }
+
+    async fn add_macvlan(
+        &self,
+        name: &str,
+        (lower, lower_index): (&str, u32),
+        mac: [u8; 6],
+        ns: Option<&NetNs>,
+    ) -> Result<()> {
+        let mut macvlan =
+            LinkMacVlan::new(name, lower_index, MacVlanMode::Bridge).address(mac.to_vec());
+        if let Some(ns) = ns {
+            // The fd stays open (borrowed from `ns`) until the kernel has answered.
+            macvlan = macvlan.setns_by_fd(ns.fd().as_raw_fd());
+        }
         self.handle
             .link()
-            .add(macvlan)
+            .add(macvlan.build())
             .execute()
             .await
             .map_err(|source| LinkError::AddMacvlan {
                 name: name.to_string(),
                 lower: lower.to_string(),
-                ns: Some(ns.path().to_path_buf()),
+                ns: ns.map(|ns| ns.path().to_path_buf()),
                 source: source.into(),
             })
     }
@@ -526,20 +538,8 @@ impl Netlink {
             }
             self.delete_index(name, index).await?;
         }
-        let macvlan = LinkMacVlan::new(name, lower_index, MacVlanMode::Bridge)
-            .address(mac.to_vec())
-            .build();
-        match self.handle.link().add(macvlan).execute().await {
-            Ok(()) => {}
-            Err(source) => {
-                return Err(LinkError::AddMacvlan {
-                    name: name.to_string(),
-                    lower: lower.to_string(),
-                    ns: None,
-                    source: source.into(),
-                })
-            }
-        }
+        self.add_macvlan(name, (lower, lower_index), mac, None)
+            .await?;
         self.configure(name, None, None, addr).await?;
         self.require_index(name).await
     }

@@ -87,9 +87,12 @@ fn bench_api(bin: &Path, work: &Path, tar: &Path, n: usize) -> Result<Duration> 
     let rt = runtime(bin, work.join("api"))?;
     rt.images()
         .import(&mut std::fs::File::open(tar)?, "bench:latest")?;
+    // `--rm`, as the CLI path below and `runc run` (which deletes its container at exit):
+    // the container is not started again, so its overlay is volatile (no sync at exit).
     let spec = ContainerSpec {
         image: "bench:latest".into(),
         cmd: vec!["/bin/true".into()],
+        auto_remove: std::env::var_os("NO_RM").is_none(),
         ..Default::default()
     };
     let mut times = Vec::with_capacity(n);

@@ -38,29 +38,44 @@ pub struct LogRecord {
     pub time: String,
 }
 
-/// Appends records to a container's log, rotating it at `max_size` bytes.
+/// Appends records to a container's log, rotating it at `max_size` bytes. The file is made
+/// on the first output: a container that prints nothing costs no inode (readers take a
+/// missing log as an empty one).
 #[derive(Debug)]
 pub struct LogWriter {
     dir: PathBuf,
-    file: File,
+    /// `None` until the first write.
+    file: Option<File>,
     size: u64,
     max_size: u64,
 }
 
 impl LogWriter {
-    /// Opens (appending) the live log in `dir`.
+    /// A writer appending to the live log in `dir`, which is opened (or created) on the first
+    /// write.
     pub fn open(dir: &Path, max_size: u64) -> io::Result<LogWriter> {
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join(LOG_FILE))?;
-        let size = file.metadata()?.len();
         Ok(LogWriter {
             dir: dir.to_path_buf(),
-            file,
-            size,
+            file: None,
+            size: 0,
             max_size,
         })
+    }
+
+    fn live(&mut self) -> io::Result<&mut File> {
+        let file = match self.file.take() {
+            Some(f) => f,
+            None => {
+                let f = OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(self.dir.join(LOG_FILE))?;
+                // A restarted container appends to the log of its earlier runs.
+                self.size = f.metadata()?.len();
+                f
+            }
+        };
+        Ok(self.file.insert(file))
     }
 
     /// Writes `data` as one line per output line (a partial last line stays one record), so
@@ -77,21 +92,19 @@ impl LogWriter {
             serde_json::to_writer(&mut buf, &rec).map_err(io::Error::other)?;
             buf.push(b'\n');
         }
+        self.live()?;
         if self.size > 0 && self.size + buf.len() as u64 > self.max_size {
             self.rotate()?;
         }
-        self.file.write_all(&buf)?;
+        self.live()?.write_all(&buf)?;
         self.size += buf.len() as u64;
         Ok(())
     }
 
     fn rotate(&mut self) -> io::Result<()> {
         fs::rename(self.dir.join(LOG_FILE), self.dir.join(ROTATED_LOG_FILE))?;
-        self.file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join(LOG_FILE))?;
-        self.size = 0;
+        self.file = None;
+        self.live()?;
         Ok(())
     }
 }

@@ -745,6 +745,42 @@ fn concurrent_starts_run_one_process() {
 }
 
 #[test]
+fn a_killed_zygote_is_replaced() {
+    if !require_root() {
+        return;
+    }
+    let t = TestRuntime::new();
+    let (code, _, _) = t.run(t.spec(&["true"]));
+    assert_eq!(code, 0);
+    let zygote = t.rt.zygote_pid().expect("a zygote after a start");
+    let cmdline = std::fs::read(format!("/proc/{zygote}/cmdline")).expect("zygote cmdline");
+    assert!(String::from_utf8_lossy(&cmdline).contains("zygote"));
+    let pid = nix::unistd::Pid::from_raw(zygote as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).expect("kill zygote");
+    // Dead once it is a zombie (the runtime reaps it when it next finds it gone).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(format!("/proc/{zygote}/stat"))
+        .map(|s| s.contains(") Z "))
+        .unwrap_or(true)
+    {
+        assert!(std::time::Instant::now() < deadline, "zygote did not die");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The next start spawns its shim directly, the one after goes through a new zygote.
+    for _ in 0..2 {
+        let (code, _, id) = t.run(t.spec(&["true"]));
+        assert_eq!(code, 0, "start after the zygote died");
+        t.rt.remove(&id, false).expect("remove");
+    }
+    let again = t.rt.zygote_pid().expect("a new zygote");
+    assert_ne!(again, zygote);
+    assert!(
+        !std::path::Path::new(&format!("/proc/{zygote}")).exists(),
+        "the dead zygote was reaped"
+    );
+}
+
+#[test]
 fn signals_start_at_their_defaults() {
     if !require_root() {
         return;

@@ -198,6 +198,8 @@ fn container_spec(task: &Task, name: String, task_id: &str, node_id: &str) -> Co
         nano_cpus: (limits.nano_cpus > 0).then_some(limits.nano_cpus),
         read_only: c.read_only,
         labels,
+        // Swarm never starts a task's container again after a crash: it makes a new task.
+        disposable: true,
         ..Default::default()
     }
 }

@@ -48,6 +48,8 @@ pub fn spec_from_wire(spec: pb::ContainerSpec) -> Result<ContainerSpec> {
         network,
         names: None,
         auto_remove: spec.auto_remove,
+        // Only the swarm worker makes disposable containers.
+        disposable: false,
         tty: spec.tty,
         open_stdin: spec.open_stdin,
         labels: spec

@@ -40,6 +40,9 @@ impl ContainerCgroup {
         let Some(cg) = &self.cg else {
             return Ok(());
         };
+        if self.remove_empty() {
+            return Ok(());
+        }
         let v2 = self.layout.is_v2();
         let exists = if v2 {
             self.v2_dir().exists()
@@ -54,6 +57,30 @@ impl ContainerCgroup {
             path: self.path.clone(),
             source: Box::new(source),
         })
+    }
+
+    /// One rmdir per hierarchy and nothing else, which is all the cgroup of an exited
+    /// container (its pid namespace gone with its init) needs: the kernel refuses to remove a
+    /// cgroup that still has processes. False when some hierarchy still has the directory.
+    fn remove_empty(&self) -> bool {
+        let dirs: Vec<std::path::PathBuf> = match &self.cg {
+            _ if self.layout.is_v2() => vec![self.v2_dir()],
+            Some(cg) => cg
+                .subsystems()
+                .iter()
+                .map(|s| s.to_controller().path().to_path_buf())
+                .collect(),
+            None => return true,
+        };
+        let mut removed = true;
+        for dir in dirs {
+            match std::fs::remove_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(_) => removed = false,
+            }
+        }
+        removed
     }
 
     /// Kills until the cgroup is empty, or fails after [`KILL_TIMEOUT`].

@@ -5,7 +5,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
-use super::state::{files, write_json};
+use super::state::{files, write_json, StoredContainer};
 use super::{Container, ContainerError, Result, Runtime, RuntimeConfig, DEFAULT_PATH};
 use crate::image::{ImageInfo, ImageStore};
 use crate::security::caps;
@@ -20,14 +20,20 @@ impl Runtime {
             path: containers.clone(),
             source,
         })?;
-        let trash = cfg.root.join("trash");
-        fs::create_dir_all(&trash).map_err(|source| ContainerError::Io {
-            op: "create",
-            path: trash.clone(),
-            source,
-        })?;
+        for sub in ["trash", ROOTFS_MOUNT_POINT] {
+            let dir = cfg.root.join(sub);
+            fs::create_dir_all(&dir).map_err(|source| ContainerError::Io {
+                op: "create",
+                path: dir.clone(),
+                source,
+            })?;
+        }
         let images = ImageStore::open(&cfg.root.join("image"))?;
-        let rt = Runtime { cfg, images };
+        let rt = Runtime {
+            cfg,
+            images,
+            zygotes: Default::default(),
+        };
         {
             let _lock = rt.lock_containers()?;
             rt.sweep_partial()?;
@@ -73,6 +79,7 @@ impl Runtime {
     pub fn create(&self, spec: ContainerSpec) -> Result<Container> {
         let image = self.images.resolve(&spec.image)?;
         let layers = self.images.layer_dirs(&image)?;
+        let init_layer = self.images.init_layer(&image, &layers)?;
         let id = new_id();
         let process = resolve_process(&spec, &image, &layers)?;
         let requested = match &spec.name {
@@ -94,7 +101,12 @@ impl Runtime {
             None => self.generate_name(&id)?,
         };
         let dir = self.container_dir(&id);
-        let result = self.write_container(&dir, &id, &name, spec, image, layers, process);
+        // overlayfs lists the top layer first.
+        let lower_dirs = init_layer
+            .into_iter()
+            .chain(layers.into_iter().rev())
+            .collect();
+        let result = self.write_container(&dir, &id, &name, spec, image, lower_dirs, process);
         if let Err(err) = &result {
             let _ = fs::remove_dir_all(&dir);
             // A leftover entry is stale (no container.json) and would be dropped when next
@@ -117,10 +129,10 @@ impl Runtime {
         name: &str,
         spec: ContainerSpec,
         image: ImageInfo,
-        layers: Vec<PathBuf>,
+        lower_dirs: Vec<PathBuf>,
         process: ProcessSpec,
     ) -> Result<Container> {
-        for sub in ["upper", "work", "rootfs"] {
+        for sub in ["upper", "work"] {
             let p = dir.join(sub);
             fs::create_dir_all(&p).map_err(|source| ContainerError::Io {
                 op: "create",
@@ -136,12 +148,12 @@ impl Runtime {
             id: id.to_string(),
             process: process.clone(),
             hostname,
-            // overlayfs lists the top layer first.
-            lower_dirs: layers.into_iter().rev().collect(),
+            lower_dirs,
             upper_dir: dir.join("upper"),
             work_dir: dir.join("work"),
-            rootfs: dir.join("rootfs"),
+            rootfs: self.cfg.root.join(ROOTFS_MOUNT_POINT),
             read_only: spec.read_only,
+            volatile: spec.auto_remove || spec.disposable,
             network: spec.network.clone(),
             names: spec.names.clone(),
             cgroup: self.cfg.cgroup_parent.clone(),
@@ -165,9 +177,13 @@ impl Runtime {
             path: dir.to_path_buf(),
             source,
         };
-        write_json(dir, files::CONFIG, &run).map_err(io)?;
-        // container.json last: its presence is what makes the directory a container.
-        write_json(dir, files::CONTAINER, &container).map_err(io)?;
+        // One file, written last: its presence is what makes the directory a container.
+        write_json(
+            dir,
+            files::CONTAINER,
+            &StoredContainer::new(&container, &run),
+        )
+        .map_err(io)?;
         Ok(container)
     }
 
@@ -198,6 +214,11 @@ impl Runtime {
         }
     }
 }
+
+/// Where every container's init mounts its root, in its own mount namespace (made private
+/// first, so no mount there is seen outside): one directory for all containers rather than
+/// one more inode to make per container.
+const ROOTFS_MOUNT_POINT: &str = "rootfs";
 
 /// Word pairs tried before falling back to `shoal_<hex>`: there are only 256 pairs, so once a
 /// node has a few hundred unnamed containers most tries collide, and each costs a reservation

@@ -28,15 +28,21 @@ impl Runtime {
 
     /// Serialises the operations that change one container's lifecycle (start, remove), so
     /// two starts cannot both spawn a supervisor and a remove cannot delete a container that
-    /// is being started. The lock file goes with the directory.
+    /// is being started. The lock is on the directory itself (flock takes a directory's fd
+    /// as well as a file's): a lock file would be one more inode to make per container, and
+    /// inodes are what this machine's file system is slowest at.
     pub(crate) fn lock_container(&self, id: &str) -> Result<Flock<File>> {
-        lock_file(&self.container_dir(id).join(".lock")).map_err(|e| match e {
+        let dir = self.container_dir(id);
+        let file = File::open(&dir).map_err(|source| match source.kind() {
             // The directory is gone: the container was removed meanwhile.
-            ContainerError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
-                ContainerError::NotFound(id.to_string())
-            }
-            e => e,
-        })
+            std::io::ErrorKind::NotFound => ContainerError::NotFound(id.to_string()),
+            _ => ContainerError::Io {
+                op: "open",
+                path: dir.clone(),
+                source,
+            },
+        })?;
+        lock(file, &dir)
     }
 
     /// Every container id on disk (directories holding a `container.json`).
@@ -119,6 +125,10 @@ fn lock_file(path: &std::path::Path) -> Result<Flock<File>> {
             path: path.to_path_buf(),
             source,
         })?;
+    lock(file, path)
+}
+
+fn lock(file: File, path: &std::path::Path) -> Result<Flock<File>> {
     Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| ContainerError::Sys {
         op: format!("flock {}", path.display()),
         source: e,

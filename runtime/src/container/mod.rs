@@ -2,8 +2,8 @@
 //! removes containers; one file per operation (after youki's `container/`).
 //!
 //! A container is a directory `<data-root>/containers/<id>/` holding `container.json` (what
-//! was asked for and resolved), `config.json` (the [`RunSpec`](crate::spec::RunSpec) the
-//! supervisor runs), `state.json` (pids, written by the supervisor when the process started),
+//! was asked for and resolved, and the [`RunSpec`](crate::spec::RunSpec) the supervisor
+//! runs), `state.json` (pids, written by the supervisor when the process started),
 //! `exit.json` (written by the supervisor when the process ended), the log files and the
 //! overlay upper/work directories. Everything a restarted daemon needs is on disk, so the
 //! daemon can be killed at any time and find its containers again.
@@ -163,6 +163,8 @@ pub const DEFAULT_LOG_MAX_SIZE: u64 = 10 * 1024 * 1024;
 pub struct Runtime {
     cfg: RuntimeConfig,
     images: crate::image::ImageStore,
+    /// Forks the supervisors; shared by every clone, ends with the last one.
+    zygotes: std::sync::Arc<crate::process::zygote::Zygotes>,
 }
 
 /// A container as stored in `container.json`, plus its current [`State`].

@@ -4,11 +4,14 @@ use std::io::Read;
 use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
 
+use std::os::fd::OwnedFd;
+
 use nix::fcntl::OFlag;
 
 use super::state::files;
 use super::{Container, ContainerError, Result, Runtime, Status};
 use crate::process::shim::StartReport;
+use crate::process::zygote::ZygoteError;
 
 impl Runtime {
     /// Starts the container's process under a new supervisor and returns once the process
@@ -31,6 +34,12 @@ impl Runtime {
                 message: "container is already running".into(),
             }),
         }
+    }
+
+    /// The pid of the process that forks this runtime's supervisors (`shoal-shim zygote`),
+    /// once a container was started; for diagnostics and tests.
+    pub fn zygote_pid(&self) -> Option<u32> {
+        self.zygotes.pid()
     }
 
     /// Attaches to a running container's stdio (output from now on, stdin with `-i`).
@@ -75,32 +84,25 @@ impl Runtime {
                 op: "pipe".into(),
                 source,
             })?;
-        let mut cmd = Command::new(&self.cfg.shim);
-        cmd.arg("run").arg(&dir);
-        if attach {
-            cmd.arg("--attach");
+        match self.zygotes.start(&self.cfg.shim, &dir, attach, &write) {
+            // The first shim process has exited: the attach socket is bound.
+            Ok(_) => drop(write),
+            // It may have started the container: the report says. Not started twice.
+            Err(e @ ZygoteError::NoReply(_)) => {
+                tracing::warn!(container = %c.id, %e, "start through the zygote");
+                drop(write);
+            }
+            Err(e @ ZygoteError::NotSent(_)) => {
+                tracing::warn!(container = %c.id, %e, "spawning the supervisor directly");
+                self.spawn_shim(&dir, attach, write)?;
+            }
         }
-        // The report comes back on the shim's stdout. With no code to run between fork and
-        // exec, std spawns with posix_spawn (vfork-like): no copy of a large daemon's page
-        // tables on every start. The shim starts its own session.
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::from(write))
-            .stderr(Stdio::null());
-        let mut child = cmd.spawn().map_err(|source| ContainerError::Io {
-            op: "spawn",
-            path: self.cfg.shim.clone(),
-            source,
-        })?;
-        // `cmd` holds our copy of the write end: without it, EOF comes when the shim is done.
-        drop(cmd);
-        // The first shim process exits as soon as it has forked the real supervisor, with
-        // the attach socket bound.
-        let _ = child.wait();
         let stream = if attach {
             crate::process::attach::connect(&dir).ok()
         } else {
             None
         };
+        // EOF once every copy of the write end is closed: the supervisor's comes last.
         let mut report = Vec::new();
         let mut f = std::fs::File::from(read);
         f.read_to_end(&mut report)
@@ -122,5 +124,29 @@ impl Runtime {
                 ),
             }),
         }
+    }
+
+    /// `shoal-shim run DIR` as a process of its own, for when the zygote cannot be used.
+    /// Returns once its first process has exited (attach socket bound).
+    fn spawn_shim(&self, dir: &std::path::Path, attach: bool, report: OwnedFd) -> Result<()> {
+        let mut cmd = Command::new(&self.cfg.shim);
+        cmd.arg("run").arg(dir);
+        if attach {
+            cmd.arg("--attach");
+        }
+        // The report goes out on the shim's stdout. With no code to run between fork and
+        // exec, std spawns with posix_spawn: no copy of a large daemon's page tables.
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::from(report))
+            .stderr(Stdio::null());
+        let mut child = cmd.spawn().map_err(|source| ContainerError::Io {
+            op: "spawn",
+            path: self.cfg.shim.clone(),
+            source,
+        })?;
+        // `cmd` holds our copy of the write end: without it, EOF comes when the shim is done.
+        drop(cmd);
+        let _ = child.wait();
+        Ok(())
     }
 }

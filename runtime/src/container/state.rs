@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::spec::RunSpec;
+
 /// Docker's `State.Status` values that a shoal container can be in.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -79,11 +81,44 @@ pub struct ExitFile {
     pub error: String,
 }
 
+/// `container.json`: the [`Container`](super::Container) as asked for and resolved, and
+/// under `run` the [`RunSpec`] its supervisor runs. One file rather than two: every file is
+/// an inode to allocate, the slowest step of a create on this machine's file system.
+#[derive(Debug, Serialize)]
+pub(crate) struct StoredContainer<'a> {
+    #[serde(flatten)]
+    container: &'a super::Container,
+    run: &'a RunSpec,
+}
+
+impl<'a> StoredContainer<'a> {
+    pub(crate) fn new(container: &'a super::Container, run: &'a RunSpec) -> Self {
+        StoredContainer { container, run }
+    }
+}
+
+/// The supervisor's part of `container.json`.
+#[derive(Debug, Deserialize)]
+struct StoredRun {
+    run: Option<RunSpec>,
+}
+
+/// The [`RunSpec`] of the container in `dir`: from `container.json`, or from the
+/// `config.json` that containers created by earlier versions have. `Ok(None)` when neither
+/// has it.
+pub fn read_run_spec(dir: &std::path::Path) -> super::Result<Option<RunSpec>> {
+    match read_json::<StoredRun>(dir, files::CONTAINER)? {
+        Some(StoredRun { run: Some(run) }) => Ok(Some(run)),
+        _ => read_json(dir, files::CONFIG),
+    }
+}
+
 /// File names inside a container's directory.
 pub mod files {
-    /// What was asked for.
+    /// What was asked for, and what the supervisor runs.
     pub const CONTAINER: &str = "container.json";
-    /// What the supervisor runs.
+    /// What the supervisor runs, for containers created before it moved into
+    /// `container.json`.
     pub const CONFIG: &str = "config.json";
     /// Written at start.
     pub const STATE: &str = "state.json";

@@ -28,6 +28,7 @@ pub use self::store::ImageStore;
 mod archive;
 mod content;
 mod index;
+mod init_layer;
 mod manifest;
 mod reference;
 mod save;

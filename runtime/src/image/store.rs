@@ -25,6 +25,9 @@ use super::staging::{clean_stale, Staging};
 use super::unpack::{digest_layer, read_error, unpack_layer, End, LayerDigest};
 use super::{ImageError, ImageInfo, Removed, Result};
 
+/// Suffix of the marker directory of an image that needs no init layer.
+const NO_INIT_LAYER: &str = "-none";
+
 /// Length of the short image id Docker prints (12 hex characters).
 const SHORT_ID: usize = 12;
 
@@ -35,6 +38,9 @@ pub struct ImageStore {
     content: ContentStore,
     index: Index,
     snapshots: PathBuf,
+    /// Init layers (`init_layer.rs`): `<image hex>/`, or `<image hex>-none/` for an image
+    /// that needs none.
+    init: PathBuf,
     tmp: PathBuf,
 }
 
@@ -59,8 +65,9 @@ impl ImageStore {
     /// stale staging, and blobs or snapshots published without their image record.
     pub fn open(root: &Path) -> Result<Self> {
         let snapshots = root.join("snapshots");
+        let init = root.join("init");
         let tmp = root.join("tmp");
-        for dir in [&snapshots, &tmp] {
+        for dir in [&snapshots, &init, &tmp] {
             fs::create_dir_all(dir).map_err(|source| ImageError::Io {
                 op: "create",
                 path: dir.clone(),
@@ -71,6 +78,7 @@ impl ImageStore {
             content: ContentStore::open(root)?,
             index: Index::open(root)?,
             snapshots,
+            init,
             tmp,
         };
         clean_stale(&store.tmp)?;
@@ -253,6 +261,42 @@ impl ImageStore {
                 }
             })
             .collect()
+    }
+
+    /// The image's init layer, made on first use: the overlayfs lower directory to put above
+    /// `layers` (its [`layer_dirs`](Self::layer_dirs)), or `None` when the image has every
+    /// mount point a container needs.
+    pub fn init_layer(&self, image: &ImageInfo, layers: &[PathBuf]) -> Result<Option<PathBuf>> {
+        let hex = hex_of(&image.id);
+        let dir = self.init.join(hex);
+        if dir.is_dir() {
+            return Ok(Some(dir));
+        }
+        let none = self.init.join(format!("{hex}{NO_INIT_LAYER}"));
+        if none.is_dir() {
+            return Ok(None);
+        }
+        let staging = Staging::new(&self.tmp, "init")?;
+        let top_first: Vec<PathBuf> = layers.iter().rev().cloned().collect();
+        let (built, target, layer) = match super::init_layer::build(&staging, &top_first)? {
+            Some(built) => (built, dir, true),
+            None => (staging.subdir("none")?, none, false),
+        };
+        match fs::rename(&built, &target) {
+            Ok(()) => {}
+            // A concurrent create made the same one first.
+            Err(e) if target.is_dir() => {
+                tracing::debug!(path = %target.display(), %e, "init layer made concurrently");
+            }
+            Err(source) => {
+                return Err(ImageError::Io {
+                    op: "publish init layer",
+                    path: target,
+                    source,
+                })
+            }
+        }
+        Ok(layer.then_some(target))
     }
 
     /// Docker-shaped `image inspect` document (`Id`, `RepoTags`, `Created`, `Size`, `Config`,
@@ -531,6 +575,16 @@ impl ImageStore {
             let name = entry.file_name().to_string_lossy().into_owned();
             if !live_snapshots.contains(&name) {
                 dead.push(entry.path());
+            }
+        }
+        let live_images: BTreeSet<&str> = records.iter().map(|r| hex_of(&r.id)).collect();
+        if let Ok(entries) = fs::read_dir(&self.init) {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let image = name.strip_suffix(NO_INIT_LAYER).unwrap_or(&name);
+                if !live_images.contains(image) {
+                    dead.push(entry.path());
+                }
             }
         }
         if dead.is_empty() {

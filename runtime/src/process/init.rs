@@ -46,14 +46,17 @@ pub enum InitStdio {
     Terminal(OwnedFd),
 }
 
-/// Files the runtime generated for /etc, bind-mounted over the image's.
+/// The contents of the files bind-mounted over the image's /etc ones. The init writes them
+/// into the container's fresh /dev tmpfs, binds them into /etc and unlinks them from /dev:
+/// they live in memory with the container, and cost no file (an inode on the data root's
+/// file system, the slowest part of a start there) per container on disk.
 pub struct EtcFiles {
     /// `/etc/hosts`.
-    pub hosts: PathBuf,
+    pub hosts: Vec<u8>,
     /// `/etc/hostname`.
-    pub hostname: PathBuf,
+    pub hostname: Vec<u8>,
     /// `/etc/resolv.conf`.
-    pub resolv_conf: PathBuf,
+    pub resolv_conf: Vec<u8>,
 }
 
 /// A step that failed, with the exit code it maps to.
@@ -137,9 +140,19 @@ fn setup_and_exec(
     rmount::mount_pseudo(&spec.rootfs).map_err(runtime_err)?;
     let dev = rmount::inside(&spec.rootfs, "dev").map_err(runtime_err)?;
     devices::create(&dev).map_err(runtime_err)?;
-    rmount::bind_file(&etc.hosts, &spec.rootfs, "etc/hosts").map_err(runtime_err)?;
-    rmount::bind_file(&etc.hostname, &spec.rootfs, "etc/hostname").map_err(runtime_err)?;
-    rmount::bind_file(&etc.resolv_conf, &spec.rootfs, "etc/resolv.conf").map_err(runtime_err)?;
+    for (name, content) in [
+        ("hosts", &etc.hosts),
+        ("hostname", &etc.hostname),
+        ("resolv.conf", &etc.resolv_conf),
+    ] {
+        // A dot name the container never sees: it is unlinked once bound.
+        let source = dev.join(format!(".shoal-{name}"));
+        std::fs::write(&source, content)
+            .map_err(|e| runtime_err(format!("write {}: {e}", source.display())))?;
+        rmount::bind_file(&source, &spec.rootfs, &format!("etc/{name}")).map_err(runtime_err)?;
+        std::fs::remove_file(&source)
+            .map_err(|e| runtime_err(format!("remove {}: {e}", source.display())))?;
+    }
     pivot::pivot(&spec.rootfs).map_err(runtime_err)?;
     pivot::protect_paths().map_err(runtime_err)?;
     let cwd = Path::new(&spec.process.cwd);

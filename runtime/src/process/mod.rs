@@ -5,3 +5,4 @@
 pub mod attach;
 pub mod init;
 pub mod shim;
+pub mod zygote;

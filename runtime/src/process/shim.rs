@@ -1,6 +1,6 @@
 //! The supervisor (`shoal-shim`): one small, single-threaded process per container.
 //!
-//! `shoal-shim run DIR` starts the container described by `DIR/config.json`. It detaches
+//! `shoal-shim run DIR` starts the container described by `DIR/container.json`. It detaches
 //! (forks, the parent exits, the child starts a session of its own) so that it outlives the
 //! daemon that spawned it, creates the cgroup, clones the container's init into new
 //! namespaces, reports the outcome on its stdout (JSON, then EOF), and then owns the
@@ -32,7 +32,9 @@ use serde::{Deserialize, Serialize};
 use super::attach::{kind, write_frame, FrameBuffer, ATTACH_SOCKET};
 use super::init::{self, EtcFiles, InitFds, InitStdio};
 use crate::cgroups::{ContainerCgroup, Limits};
-use crate::container::state::{files, proc_start_time, read_json, write_json, ExitFile, StateFile};
+use crate::container::state::{
+    files, proc_start_time, read_json, read_run_spec, write_json, ExitFile, StateFile,
+};
 use crate::logs::{LogWriter, Stream};
 use crate::security::seccomp;
 use crate::spec::{NetworkMode, ProcessSpec, RunSpec};
@@ -72,12 +74,18 @@ pub fn main(args: Vec<OsString>) -> i32 {
             Some(process) => exec(Path::new(dir), process),
             None => usage(),
         },
+        (Some("zygote"), None) => match args.first() {
+            Some(argv0) => super::zygote::serve(argv0),
+            None => usage(),
+        },
         _ => usage(),
     }
 }
 
 fn usage() -> i32 {
-    eprintln!("usage: shoal-shim run DIR [--attach] | shoal-shim exec DIR PROCESS_JSON");
+    eprintln!(
+        "usage: shoal-shim run DIR [--attach] | shoal-shim exec DIR PROCESS_JSON | shoal-shim zygote"
+    );
     2
 }
 
@@ -86,15 +94,17 @@ fn run(dir: &Path, attach_first: bool) -> i32 {
     // code between fork and exec (posix_spawn). Keep it on a close-on-exec fd of its own (the
     // container's init must not inherit it: EOF on it tells the runtime we are done) and put
     // /dev/null in its place.
-    let report = match take_stdout() {
-        Ok(fd) => fd,
-        Err(_) => return 125,
-    };
-    let mut report = File::from(report);
+    match take_stdout() {
+        Ok(report) => run_with_report(dir, attach_first, File::from(report)),
+        Err(_) => 125,
+    }
+}
 
-    let spec: RunSpec = match read_json(dir, files::CONFIG) {
+/// `run` with the report pipe in hand: from `run` itself, or in a process the zygote forked.
+pub(crate) fn run_with_report(dir: &Path, attach_first: bool, mut report: File) -> i32 {
+    let spec: RunSpec = match read_run_spec(dir) {
         Ok(Some(spec)) => spec,
-        Ok(None) => return fail_start(&mut report, dir, 125, "config.json missing".into()),
+        Ok(None) => return fail_start(&mut report, dir, 125, "run spec missing".into()),
         Err(e) => return fail_start(&mut report, dir, 125, e.to_string()),
     };
 
@@ -205,12 +215,7 @@ fn pipe() -> nix::Result<Pipes> {
     Ok(Pipes { read, write })
 }
 
-fn etc_files(dir: &Path, spec: &RunSpec) -> std::io::Result<EtcFiles> {
-    let etc = EtcFiles {
-        hosts: dir.join("hosts"),
-        hostname: dir.join("hostname"),
-        resolv_conf: dir.join("resolv.conf"),
-    };
+fn etc_files(spec: &RunSpec) -> EtcFiles {
     let mut hosts =
         String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
     match spec.names.as_ref().filter(|n| !n.hosts.is_empty()) {
@@ -221,17 +226,18 @@ fn etc_files(dir: &Path, spec: &RunSpec) -> std::io::Result<EtcFiles> {
         }
         None => hosts.push_str(&format!("127.0.1.1\t{}\n", spec.hostname)),
     }
-    std::fs::write(&etc.hosts, hosts)?;
-    std::fs::write(&etc.hostname, format!("{}\n", spec.hostname))?;
-    let resolv = match (&spec.network, &spec.names) {
+    let resolv_conf = match (&spec.network, &spec.names) {
         (_, Some(names)) => names.resolv_conf.clone().into_bytes(),
         (NetworkMode::Host | NetworkMode::Path(_), None) => {
             std::fs::read("/etc/resolv.conf").unwrap_or_default()
         }
         (NetworkMode::None, None) => Vec::new(),
     };
-    std::fs::write(&etc.resolv_conf, resolv)?;
-    Ok(etc)
+    EtcFiles {
+        hosts: hosts.into_bytes(),
+        hostname: format!("{}\n", spec.hostname).into_bytes(),
+        resolv_conf,
+    }
 }
 
 fn supervise(dir: &Path, spec: &RunSpec, mut report: File, io: Io) -> i32 {
@@ -244,7 +250,7 @@ fn supervise(dir: &Path, spec: &RunSpec, mut report: File, io: Io) -> i32 {
         Ok(cg) => cg,
         Err(e) => return fail_start(&mut report, dir, 125, format!("create cgroup: {e}")),
     };
-    match start(dir, spec, &cgroup) {
+    match start(spec, &cgroup) {
         Ok(started) => {
             let state = StateFile {
                 pid: started.pid.as_raw(),
@@ -353,10 +359,10 @@ fn receive_terminal(console: &OwnedFd) -> std::io::Result<Option<OwnedFd>> {
 }
 
 /// Clones the init, places it in the cgroup, lets it go and waits until it has exec'd.
-fn start(dir: &Path, spec: &RunSpec, cgroup: &ContainerCgroup) -> Result<Started, (i32, String)> {
+fn start(spec: &RunSpec, cgroup: &ContainerCgroup) -> Result<Started, (i32, String)> {
     let internal = |what: &str, e: &dyn std::fmt::Display| (125, format!("{what}: {e}"));
     let program = seccomp::default_program().map_err(|e| internal("seccomp", &e))?;
-    let etc = etc_files(dir, spec).map_err(|e| internal("write /etc files", &e))?;
+    let etc = etc_files(spec);
     let stdio = stdio(spec).map_err(|e| internal("set up stdio", &e))?;
     let sync = pipe().map_err(|e| internal("pipe", &e))?;
     let errpipe = pipe().map_err(|e| internal("pipe", &e))?;
@@ -712,9 +718,9 @@ fn exec(dir: &Path, process_json: &str) -> i32 {
 fn exec_inner(dir: &Path, process_json: &str) -> Result<i32, String> {
     let process: ProcessSpec =
         serde_json::from_str(process_json).map_err(|e| format!("bad process spec: {e}"))?;
-    let spec: RunSpec = read_json(dir, files::CONFIG)
+    let spec: RunSpec = read_run_spec(dir)
         .map_err(|e| e.to_string())?
-        .ok_or("config.json missing")?;
+        .ok_or("run spec missing")?;
     let state: StateFile = read_json(dir, files::STATE)
         .map_err(|e| e.to_string())?
         .ok_or("container is not running")?;

@@ -24,7 +24,7 @@ pub fn make_private() -> Result<()> {
 }
 
 /// Mounts the overlay of the image layers and the container's upper directory on
-/// `spec.rootfs`.
+/// `spec.rootfs`; `volatile` for a disposable container (see [`RunSpec::volatile`]).
 pub fn mount_overlay(spec: &RunSpec) -> Result<()> {
     let lower: Vec<String> = spec
         .lower_dirs
@@ -37,15 +37,41 @@ pub fn mount_overlay(spec: &RunSpec) -> Result<()> {
         spec.upper_dir.display(),
         spec.work_dir.display()
     );
-    mount(
-        Some("overlay"),
-        &spec.rootfs,
-        Some("overlay"),
-        MsFlags::empty(),
-        Some(data.as_str()),
-    )
-    .map_err(err("mount overlay on", &spec.rootfs))
+    let mount_with = |data: &str| {
+        mount(
+            Some("overlay"),
+            &spec.rootfs,
+            Some("overlay"),
+            MsFlags::empty(),
+            Some(data),
+        )
+    };
+    if spec.volatile {
+        // Every volatile mount leaves this marker, and overlayfs refuses the next mount while
+        // it is there, since it cannot tell a clean unmount from a crash. A disposable
+        // container started again is given its upper layer as it is.
+        match fs::remove_dir_all(spec.work_dir.join(VOLATILE_MARKER)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(super::RootfsError {
+                    op: "remove the volatile marker in",
+                    path: spec.work_dir.clone(),
+                    source: nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+                })
+            }
+        }
+        match mount_with(&format!("{data},volatile")) {
+            // Kernels before 5.10 do not know the option: mount as usual.
+            Err(nix::Error::EINVAL) => {}
+            r => return r.map_err(err("mount overlay on", &spec.rootfs)),
+        }
+    }
+    mount_with(&data).map_err(err("mount overlay on", &spec.rootfs))
 }
+
+/// Where overlayfs records a volatile mount, relative to the work directory.
+const VOLATILE_MARKER: &str = "work/incompat";
 
 struct Pseudo {
     target: &'static str,

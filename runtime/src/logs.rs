@@ -117,6 +117,9 @@ pub struct LogReader {
     offset: u64,
     /// Inode of the live file at `offset`, to notice a rotation while following.
     inode: Option<u64>,
+    /// Inode of the rotated file when it was read, to tell a file rotated since from the one
+    /// already returned.
+    rotated: Option<u64>,
 }
 
 impl LogReader {
@@ -126,13 +129,15 @@ impl LogReader {
             dir: dir.to_path_buf(),
             offset: 0,
             inode: None,
+            rotated: None,
         }
     }
 
     /// All records so far, oldest first, or only the last `tail` of them.
     pub fn read_all(&mut self, tail: Option<usize>) -> io::Result<Vec<LogRecord>> {
         let mut out = Vec::new();
-        read_records(&self.dir.join(ROTATED_LOG_FILE), 0, &mut out)?;
+        let (_, rotated) = read_records(&self.dir.join(ROTATED_LOG_FILE), 0, &mut out)?;
+        self.rotated = rotated;
         let (end, inode) = read_records(&self.dir.join(LOG_FILE), 0, &mut out)?;
         self.offset = end;
         self.inode = inode;
@@ -148,10 +153,20 @@ impl LogReader {
         let mut out = Vec::new();
         let live = self.dir.join(LOG_FILE);
         let inode = inode_of(&live);
+        let rotated_path = self.dir.join(ROTATED_LOG_FILE);
         if self.inode.is_some() && inode != self.inode {
             // Rotated since we last looked: finish the old file (now `.1`), restart at 0.
-            read_records(&self.dir.join(ROTATED_LOG_FILE), self.offset, &mut out)?;
+            let (_, rotated) = read_records(&rotated_path, self.offset, &mut out)?;
+            self.rotated = rotated;
             self.offset = 0;
+        } else if self.inode.is_none() && inode.is_some() {
+            // The live file is made on the first output; if it also filled up and rotated
+            // since we last looked, its first part is a `.1` we have not read.
+            let rotated = inode_of(&rotated_path);
+            if rotated.is_some() && rotated != self.rotated {
+                read_records(&rotated_path, 0, &mut out)?;
+                self.rotated = rotated;
+            }
         }
         let (end, inode) = read_records(&live, self.offset, &mut out)?;
         self.offset = end;
@@ -234,5 +249,27 @@ mod tests {
         assert!(dir.path().join(ROTATED_LOG_FILE).exists());
         let tail = LogReader::new(dir.path()).read_all(Some(2)).expect("tail");
         assert_eq!(tail[1].log, "line 9\n");
+    }
+
+    #[test]
+    fn a_reader_older_than_the_log_misses_nothing_of_a_rotation() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut r = LogReader::new(dir.path());
+        assert!(r.read_all(None).expect("read").is_empty(), "no log yet");
+        // The file is made and rotated (once: records are 78 bytes) between two looks.
+        let mut w = LogWriter::open(dir.path(), 300).expect("open");
+        for i in 0..6 {
+            w.write(Stream::Stdout, format!("line {i}\n").as_bytes())
+                .expect("write");
+        }
+        assert!(dir.path().join(ROTATED_LOG_FILE).exists());
+        let got: Vec<String> = r
+            .read_new()
+            .expect("follow")
+            .into_iter()
+            .map(|r| r.log)
+            .collect();
+        let want: Vec<String> = (0..6).map(|i| format!("line {i}\n")).collect();
+        assert_eq!(got, want);
     }
 }

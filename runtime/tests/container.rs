@@ -745,6 +745,77 @@ fn concurrent_starts_run_one_process() {
 }
 
 #[test]
+fn disposable_containers_start_again_and_keep_their_upper_layer_empty() {
+    if !require_root() {
+        return;
+    }
+    let t = TestRuntime::new();
+    // `--rm` (here through the API, which leaves the removal to the caller): a volatile overlay.
+    let mut spec = t.spec(&[
+        "sh",
+        "-c",
+        "test -f /etc/hosts && test -f /etc/resolv.conf && grep -q localhost /etc/hosts && echo ok",
+    ]);
+    spec.auto_remove = true;
+    let c = t.rt.create(spec).expect("create");
+    for run in 1..=2 {
+        t.rt.start(&c.id)
+            .unwrap_or_else(|e| panic!("start {run}: {e}"));
+        let state = t.rt.wait(&c.id).expect("wait");
+        assert_eq!(state.exit_code, 0, "run {run}");
+    }
+    let logs =
+        t.rt.logs(&c.id)
+            .expect("logs")
+            .read_all(None)
+            .expect("read");
+    let lines: Vec<&str> = logs.iter().map(|r| r.log.trim()).collect();
+    assert_eq!(lines, ["ok", "ok"]);
+    // The mount points the image lacks come from its init layer, not from a copy-up of /etc
+    // into the container's own layer.
+    let upper = t.rt.container_dir(&c.id).join("upper");
+    let entries: Vec<_> = std::fs::read_dir(&upper)
+        .expect("upper")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .collect();
+    assert!(entries.is_empty(), "upper layer holds {entries:?}");
+    let doc = t.rt.inspect(&t.rt.lookup(&c.id).expect("lookup"));
+    let lower = doc["GraphDriver"]["Data"]["LowerDir"]
+        .as_str()
+        .expect("LowerDir");
+    assert!(lower.contains("/image/init/"), "no init layer in {lower}");
+}
+
+#[test]
+fn containers_of_the_previous_layout_still_start() {
+    if !require_root() {
+        return;
+    }
+    let t = TestRuntime::new();
+    let c = t.rt.create(t.spec(&["echo", "old"])).expect("create");
+    // Before, the RunSpec was config.json beside a container.json without it.
+    let dir = t.rt.container_dir(&c.id);
+    let mut stored: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("container.json")).expect("read"))
+            .expect("parse");
+    let run = stored
+        .as_object_mut()
+        .and_then(|o| o.remove("run"))
+        .expect("run spec in container.json");
+    std::fs::write(dir.join("config.json"), run.to_string()).expect("write config.json");
+    std::fs::write(dir.join("container.json"), stored.to_string()).expect("rewrite");
+    t.rt.start(&c.id).expect("start");
+    assert_eq!(t.rt.wait(&c.id).expect("wait").exit_code, 0);
+    let logs =
+        t.rt.logs(&c.id)
+            .expect("logs")
+            .read_all(None)
+            .expect("read");
+    assert_eq!(logs.first().map(|r| r.log.as_str()), Some("old\n"));
+}
+
+#[test]
 fn a_killed_zygote_is_replaced() {
     if !require_root() {
         return;
@@ -766,7 +837,7 @@ fn a_killed_zygote_is_replaced() {
         assert!(std::time::Instant::now() < deadline, "zygote did not die");
         std::thread::sleep(Duration::from_millis(10));
     }
-    // The next start spawns its shim directly, the one after goes through a new zygote.
+    // The next start finds it dead and goes through a new one.
     for _ in 0..2 {
         let (code, _, id) = t.run(t.spec(&["true"]));
         assert_eq!(code, 0, "start after the zygote died");

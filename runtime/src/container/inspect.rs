@@ -20,12 +20,21 @@ impl Runtime {
                 t.to_string()
             }
         };
-        let lower: Vec<String> = self
-            .images
-            .resolve(&c.image_id)
-            .and_then(|i| self.images.layer_dirs(&i))
-            .map(|dirs| dirs.iter().rev().map(|d| d.display().to_string()).collect())
-            .unwrap_or_default();
+        // What the overlay is mounted with, the image's init layer included.
+        let lower: Vec<String> = super::state::read_run_spec(&dir)
+            .ok()
+            .flatten()
+            .map(|run| run.lower_dirs)
+            .unwrap_or_default()
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect();
+        // The /etc files live in the container's own /dev tmpfs (see `process::init`): on
+        // the host they are reachable through its process while it runs, and not otherwise.
+        let etc_path = |name: &str| match s.pid {
+            0 => String::new(),
+            pid => format!("/proc/{pid}/root/etc/{name}"),
+        };
         let (path, args) = match c.process.args.split_first() {
             Some((p, a)) => (p.clone(), a.to_vec()),
             None => (String::new(), Vec::new()),
@@ -54,9 +63,9 @@ impl Runtime {
                 "FinishedAt": or_zero(&s.finished_at),
             },
             "Image": c.image_id,
-            "ResolvConfPath": dir.join("resolv.conf"),
-            "HostnamePath": dir.join("hostname"),
-            "HostsPath": dir.join("hosts"),
+            "ResolvConfPath": etc_path("resolv.conf"),
+            "HostnamePath": etc_path("hostname"),
+            "HostsPath": etc_path("hosts"),
             "LogPath": dir.join(crate::logs::LOG_FILE),
             "Name": format!("/{}", c.name),
             "RestartCount": 0,

@@ -115,8 +115,9 @@ fn xattr_get(path: &Path, name: &str) -> Option<Vec<u8>> {
     usize::try_from(n).ok().map(|n| buf[..n].to_vec())
 }
 
-/// Makes `dir` a directory with the mode, owner and modification time of `like`, since the
-/// merged directory shows the attributes of its topmost copy: this one.
+/// Makes `dir` a directory with the mode and owner of `like`, since the merged directory
+/// shows the attributes of its topmost copy: this one. Its times are set by [`times_like`]
+/// once everything inside is made (making an entry changes them).
 fn dir_like(dir: &Path, like: &fs::Metadata) -> std::io::Result<()> {
     match fs::DirBuilder::new().mode(0o755).create(dir) {
         Ok(()) => {}
@@ -124,12 +125,17 @@ fn dir_like(dir: &Path, like: &fs::Metadata) -> std::io::Result<()> {
         Err(e) => return Err(e),
     }
     fs::set_permissions(dir, fs::Permissions::from_mode(like.mode() & 0o7777))?;
-    std::os::unix::fs::lchown(dir, Some(like.uid()), Some(like.gid()))?;
+    std::os::unix::fs::lchown(dir, Some(like.uid()), Some(like.gid()))
+}
+
+/// Gives `dir` the access and modification times of `like`.
+fn times_like(dir: &Path, like: &fs::Metadata) -> std::io::Result<()> {
+    let atime = nix::sys::time::TimeSpec::new(like.atime(), like.atime_nsec());
     let mtime = nix::sys::time::TimeSpec::new(like.mtime(), like.mtime_nsec());
     nix::sys::stat::utimensat(
         nix::fcntl::AT_FDCWD,
         dir,
-        &mtime,
+        &atime,
         &mtime,
         nix::sys::stat::UtimensatFlags::NoFollowSymlink,
     )
@@ -148,18 +154,25 @@ pub(super) fn build(staging: &Staging, layers: &[PathBuf]) -> Result<Option<Path
             source,
         }
     };
+    let Merged::Dir(root_meta) = merged(layers, Path::new("")) else {
+        return Err(ImageError::Io {
+            op: "read the top layer of",
+            path: layers.first().cloned().unwrap_or_default(),
+            source: std::io::ErrorKind::NotFound.into(),
+        });
+    };
     let mut made = false;
+    // Directories made, with the attributes to give them: their times go last.
+    let mut dirs: Vec<(PathBuf, fs::Metadata)> = Vec::new();
     for (rel, is_dir) in MOUNT_POINTS {
         let rel = Path::new(rel);
         if !matches!(merged(layers, rel), Merged::Missing) {
             continue;
         }
         let parent = rel.parent().unwrap_or(Path::new(""));
-        let Merged::Dir(root_meta) = merged(layers, Path::new("")) else {
-            return Ok(None);
-        };
         // Every directory on the way, with the attributes the image gives it.
         dir_like(&root, &root_meta).map_err(io(&root))?;
+        dirs.push((root.clone(), root_meta.clone()));
         let mut at = PathBuf::new();
         for c in parent.components() {
             at.push(c);
@@ -168,6 +181,7 @@ pub(super) fn build(staging: &Staging, layers: &[PathBuf]) -> Result<Option<Path
                 break;
             };
             dir_like(&root.join(&at), &meta).map_err(io(&root.join(&at)))?;
+            dirs.push((root.join(&at), meta));
         }
         if !matches!(merged(layers, parent), Merged::Dir(_)) {
             continue;
@@ -183,6 +197,11 @@ pub(super) fn build(staging: &Staging, layers: &[PathBuf]) -> Result<Option<Path
             fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).map_err(io(&path))?;
         }
         made = true;
+    }
+    // Deepest first, so that setting a parent's times is the last change to it.
+    dirs.sort_by_key(|(d, _)| std::cmp::Reverse(d.components().count()));
+    for (dir, meta) in &dirs {
+        times_like(dir, meta).map_err(io(dir))?;
     }
     Ok(made.then_some(root))
 }
@@ -271,6 +290,15 @@ mod tests {
         fs::write(layer.join("etc/hostname"), "").unwrap();
         fs::set_permissions(layer.join("etc"), fs::Permissions::from_mode(0o750)).unwrap();
         std::os::unix::fs::lchown(layer.join("etc"), Some(7), Some(8)).unwrap();
+        let old = nix::sys::time::TimeSpec::new(1_000_000, 0);
+        nix::sys::stat::utimensat(
+            nix::fcntl::AT_FDCWD,
+            &layer.join("etc"),
+            &old,
+            &old,
+            nix::sys::stat::UtimensatFlags::NoFollowSymlink,
+        )
+        .unwrap();
         let staging = Staging::new(tmp.path(), "t").unwrap();
         let built = build(&staging, std::slice::from_ref(&layer))
             .unwrap()
@@ -284,6 +312,12 @@ mod tests {
         );
         let etc = fs::metadata(built.join("etc")).unwrap();
         assert_eq!((etc.mode() & 0o7777, etc.uid(), etc.gid()), (0o750, 7, 8));
+        let image_etc = fs::metadata(layer.join("etc")).unwrap();
+        assert_eq!(
+            etc.mtime(),
+            image_etc.mtime(),
+            "the image's time, not the build's"
+        );
 
         // An image with every mount point needs none; one without /etc gets no /etc files.
         for f in ["hosts", "resolv.conf"] {

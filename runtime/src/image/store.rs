@@ -25,6 +25,17 @@ use super::staging::{clean_stale, Staging};
 use super::unpack::{digest_layer, read_error, unpack_layer, End, LayerDigest};
 use super::{ImageError, ImageInfo, Removed, Result};
 
+/// `syncfs` of the file system holding `path`: once per image, cheaper than walking a tree
+/// of fsyncs and as safe.
+fn sync_fs(path: &Path) -> io::Result<()> {
+    let dir = fs::File::open(path)?;
+    // SAFETY: syncfs on an fd we own for the duration of the call.
+    if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Suffix of the marker directory of an image that needs no init layer.
 const NO_INIT_LAYER: &str = "-none";
 
@@ -276,12 +287,24 @@ impl ImageStore {
         if none.is_dir() {
             return Ok(None);
         }
+        // Under the store lock, as publications and garbage collection are: an image removed
+        // meanwhile must not get an init layer that nothing would ever collect.
+        let _lock = self.index.lock()?;
+        if !self.index.records()?.iter().any(|r| r.id == image.id) {
+            return Err(ImageError::NotFound(image.id.clone()));
+        }
         let staging = Staging::new(&self.tmp, "init")?;
         let top_first: Vec<PathBuf> = layers.iter().rev().cloned().collect();
         let (built, target, layer) = match super::init_layer::build(&staging, &top_first)? {
             Some(built) => (built, dir, true),
             None => (staging.subdir("none")?, none, false),
         };
+        // On disk before it is published: a half-written init layer would be used forever.
+        sync_fs(&built).map_err(|source| ImageError::Io {
+            op: "sync init layer",
+            path: built.clone(),
+            source,
+        })?;
         match fs::rename(&built, &target) {
             Ok(()) => {}
             // A concurrent create made the same one first.

@@ -140,19 +140,25 @@ fn setup_and_exec(
     rmount::mount_pseudo(&spec.rootfs).map_err(runtime_err)?;
     let dev = rmount::inside(&spec.rootfs, "dev").map_err(runtime_err)?;
     devices::create(&dev).map_err(runtime_err)?;
+    // Made under a dot directory the container never sees (it is removed once bound), at
+    // `containers/<id>/NAME` as in Docker: tools that find their container's id in
+    // /proc/self/mountinfo (the root of the /etc/hostname mount) keep finding it.
+    let scratch = dev.join(".shoal");
+    let sources = scratch.join("containers").join(&spec.id);
+    std::fs::create_dir_all(&sources)
+        .map_err(|e| runtime_err(format!("create {}: {e}", sources.display())))?;
     for (name, content) in [
         ("hosts", &etc.hosts),
         ("hostname", &etc.hostname),
         ("resolv.conf", &etc.resolv_conf),
     ] {
-        // A dot name the container never sees: it is unlinked once bound.
-        let source = dev.join(format!(".shoal-{name}"));
+        let source = sources.join(name);
         std::fs::write(&source, content)
             .map_err(|e| runtime_err(format!("write {}: {e}", source.display())))?;
         rmount::bind_file(&source, &spec.rootfs, &format!("etc/{name}")).map_err(runtime_err)?;
-        std::fs::remove_file(&source)
-            .map_err(|e| runtime_err(format!("remove {}: {e}", source.display())))?;
     }
+    std::fs::remove_dir_all(&scratch)
+        .map_err(|e| runtime_err(format!("remove {}: {e}", scratch.display())))?;
     pivot::pivot(&spec.rootfs).map_err(runtime_err)?;
     pivot::protect_paths().map_err(runtime_err)?;
     let cwd = Path::new(&spec.process.cwd);

@@ -9,10 +9,12 @@
 //!
 //! Protocol, over a `SOCK_SEQPACKET` socketpair that is the zygote's stdin: the runtime sends
 //! one message per start, `[attach flag] ++ container directory`, with the start report's
-//! pipe (see `shim::run`) attached as `SCM_RIGHTS`; the zygote forks the first shim process,
-//! which does what `shoal-shim run DIR` does, waits for it (it exits as soon as the
-//! supervisor is detached and the attach socket bound), and replies with its exit status as
-//! 4 bytes. EOF on the socket (the runtime is gone) ends the zygote; supervisors it made
+//! pipe (see `shim::run`) attached as `SCM_RIGHTS`. The zygote answers [`FORKING`] (or
+//! [`NOT_STARTED`] for a request it cannot serve) *before* it forks, so that a runtime that
+//! hears nothing knows nothing was started and may spawn the shim itself; it then forks the
+//! first shim process, which does what `shoal-shim run DIR` does, waits for it (it exits as
+//! soon as the supervisor is detached and the attach socket bound), and sends its exit status
+//! as 4 bytes. EOF on the socket (the runtime is gone) ends the zygote; supervisors it made
 //! live on, detached, as they always did.
 //!
 //! [`Runtime`]: crate::Runtime
@@ -25,7 +27,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{
     recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
     SockFlag, SockType, UnixAddr,
@@ -35,6 +39,19 @@ use nix::unistd::{fork, ForkResult};
 
 /// Room for the container directory in a request (plus the flag byte).
 const MAX_REQUEST: usize = 4096;
+
+/// First answer: the request is good and the first shim is being forked.
+const FORKING: u8 = b'f';
+/// First answer: nothing was or will be started (a malformed request, a failed fork).
+const NOT_STARTED: u8 = b'n';
+
+/// Second answer, in place of an exit status: the fork failed, nothing was started.
+const NOT_FORKED: i32 = -1;
+
+/// How long a start waits for the zygote's answers. The first shim only reads the spec,
+/// binds a socket and forks, in milliseconds; a zygote silent for this long is killed and
+/// replaced, so that one stuck start does not hold up every other one on the node.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The environment variable whose value reserves room for the supervisors' titles: a forked
 /// process cannot get a new argv, so it writes `shoal-shim run DIR` over the zygote's
@@ -79,8 +96,9 @@ pub(crate) enum ZygoteError {
 impl Zygotes {
     /// The zygote's pid, while there is one.
     pub(crate) fn pid(&self) -> Option<u32> {
-        let guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
-        guard.as_ref().map(|z| z.child.id())
+        let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let z = guard.as_mut()?;
+        matches!(z.child.try_wait(), Ok(None)).then(|| z.child.id())
     }
 
     /// Has a new supervisor run `shoal-shim run dir [--attach]` with `report` as its report
@@ -102,6 +120,13 @@ impl Zygotes {
         request.extend_from_slice(dir);
 
         let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        // A zygote that died since the last start is reaped and replaced now, not found out
+        // by a failed send.
+        if let Some(z) = guard.as_mut() {
+            if !matches!(z.child.try_wait(), Ok(None)) {
+                *guard = None;
+            }
+        }
         if guard.is_none() {
             *guard = Some(spawn(shim).map_err(|e| ZygoteError::NotSent(e.to_string()))?);
         }
@@ -121,21 +146,56 @@ impl Zygotes {
             *guard = None;
             return Err(ZygoteError::NotSent(format!("send: {e}")));
         }
-        let mut reply = [0u8; 4];
-        loop {
-            match nix::unistd::read(sock, &mut reply) {
-                Ok(4) => return Ok(i32::from_le_bytes(reply)),
-                Err(nix::Error::EINTR) => continue,
-                Ok(n) => {
-                    *guard = None;
-                    return Err(ZygoteError::NoReply(format!("{n}-byte reply")));
-                }
-                Err(e) => {
-                    *guard = None;
-                    return Err(ZygoteError::NoReply(e.to_string()));
-                }
+        let mut first = [0u8; 1];
+        match receive_reply(sock, &mut first) {
+            Ok(1) if first[0] == FORKING => {}
+            Ok(1) if first[0] == NOT_STARTED => {
+                return Err(ZygoteError::NotSent("the zygote did not start it".into()))
+            }
+            // Silent or gone before it said it forks: nothing was started.
+            other => {
+                kill_and_drop(&mut guard);
+                return Err(ZygoteError::NotSent(format!("no answer: {other:?}")));
             }
         }
+        let mut status = [0u8; 4];
+        match receive_reply(sock, &mut status) {
+            Ok(4) => match i32::from_le_bytes(status) {
+                NOT_FORKED => Err(ZygoteError::NotSent("the zygote could not fork".into())),
+                code => Ok(code),
+            },
+            other => {
+                kill_and_drop(&mut guard);
+                Err(ZygoteError::NoReply(format!("{other:?}")))
+            }
+        }
+    }
+}
+
+/// One reply message into `buf`, waiting at most [`REPLY_TIMEOUT`]; its length (0 at EOF).
+fn receive_reply(sock: &OwnedFd, buf: &mut [u8]) -> nix::Result<usize> {
+    let deadline = Instant::now() + REPLY_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ms = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+        let mut fds = [PollFd::new(sock.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::from(ms)) {
+            Ok(0) => return Err(nix::Error::ETIMEDOUT),
+            Ok(_) => {}
+            Err(nix::Error::EINTR) => continue,
+            Err(e) => return Err(e),
+        }
+        match nix::unistd::read(sock, buf) {
+            Err(nix::Error::EINTR) => continue,
+            r => return r,
+        }
+    }
+}
+
+/// Ends a zygote that broke the protocol: SIGKILL (it may be stuck), then the drop reaps it.
+fn kill_and_drop(guard: &mut Option<Zygote>) {
+    if let Some(mut z) = guard.take() {
+        let _ = z.child.kill();
     }
 }
 
@@ -148,7 +208,9 @@ fn spawn(shim: &Path) -> std::io::Result<Zygote> {
     )?;
     // A clean environment: the supervisors never read one (the container's comes from its
     // spec), and the title space must directly follow the arguments.
-    let child = Command::new(shim)
+    // The environment is cleared, so a relative path cannot be looked up in PATH later.
+    let shim = std::fs::canonicalize(shim).unwrap_or_else(|_| shim.to_path_buf());
+    let child = Command::new(&shim)
         .arg("zygote")
         .env_clear()
         .env(TITLE_ENV, " ".repeat(TITLE_SPACE))
@@ -179,14 +241,17 @@ pub fn serve(argv0: &OsStr) -> i32 {
             Err(nix::Error::EINTR) => continue,
             Err(_) => return 1,
         };
-        let code = match (report, buf[..len].split_first()) {
-            (Some(report), Some((flag, dir))) if !dir.is_empty() => {
-                let dir = Path::new(OsStr::from_bytes(dir));
-                start_one(&sock, argv0, dir, *flag != 0, report)
+        let (Some(report), Some((flag, dir))) = (report, buf[..len].split_first()) else {
+            if nix::unistd::write(&sock, &[NOT_STARTED]).is_err() {
+                return 1;
             }
-            // A malformed request starts nothing; the runtime then finds no report.
-            _ => 125,
+            continue;
         };
+        if dir.is_empty() || nix::unistd::write(&sock, &[FORKING]).is_err() {
+            return 1;
+        }
+        let dir = Path::new(OsStr::from_bytes(dir));
+        let code = start_one(&sock, argv0, dir, *flag != 0, report);
         if nix::unistd::write(&sock, &code.to_le_bytes()).is_err() {
             return 1;
         }
@@ -244,14 +309,19 @@ fn start_one(sock: &OwnedFd, argv0: &OsStr, dir: &Path, attach: bool, report: Ow
     match unsafe { fork() } {
         Ok(ForkResult::Child) => {
             // The request socket is the zygote's, not the supervisor's.
-            // SAFETY: closing our copy of the socket; it is not used again in this process.
+            // SAFETY: closing our copy of the socket; this process never returns into the
+            // zygote's loop (below it exits, a panic included), so nothing closes it again.
             unsafe { libc::close(sock.as_raw_fd()) };
             set_title(&format!(
-                "{} run {}",
+                "{} run {}{}",
                 Path::new(argv0).display(),
-                dir.display()
+                dir.display(),
+                if attach { " --attach" } else { "" }
             ));
-            let code = super::shim::run_with_report(dir, attach, File::from(report));
+            let code = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                super::shim::run_with_report(dir, attach, File::from(report))
+            }))
+            .unwrap_or(125);
             std::process::exit(code)
         }
         Ok(ForkResult::Parent { child }) => {
@@ -265,7 +335,7 @@ fn start_one(sock: &OwnedFd, argv0: &OsStr, dir: &Path, attach: bool, report: Ow
                 }
             }
         }
-        Err(_) => 125,
+        Err(_) => NOT_FORKED,
     }
 }
 

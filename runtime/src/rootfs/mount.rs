@@ -70,8 +70,9 @@ pub fn mount_overlay(spec: &RunSpec) -> Result<()> {
     mount_with(&data).map_err(err("mount overlay on", &spec.rootfs))
 }
 
-/// Where overlayfs records a volatile mount, relative to the work directory.
-const VOLATILE_MARKER: &str = "work/incompat";
+/// Where overlayfs records a volatile mount, relative to the work directory. Only this one
+/// incompat marker is ours to clear: another would come from a feature shoal does not use.
+const VOLATILE_MARKER: &str = "work/incompat/volatile";
 
 struct Pseudo {
     target: &'static str,
@@ -123,8 +124,9 @@ fn pseudo_mounts() -> [Pseudo; 6] {
     ]
 }
 
-/// Mounts /proc, /dev (+pts, shm, mqueue) and a read-only /sys under `rootfs`, creating the
-/// mount points in the container's upper layer when the image lacks them.
+/// Mounts /proc, /dev (+pts, shm, mqueue) and a read-only /sys under `rootfs`. The image's
+/// init layer normally has the mount points it lacks; any still missing (an image whose
+/// `/proc` is a symlink, say) are made in the container's upper layer.
 pub fn mount_pseudo(rootfs: &Path) -> Result<()> {
     for m in pseudo_mounts() {
         let target = inside(rootfs, m.target)?;

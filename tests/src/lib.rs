@@ -570,6 +570,70 @@ pub fn write_demo_rootfs(out: &Path) -> std::io::Result<()> {
     fs::set_permissions(out, fs::Permissions::from_mode(0o644))
 }
 
+/// An image root filesystem tarball holding one dynamically linked host binary at
+/// `/bin/NAME` with the shared libraries `ldd` lists for it (at their host paths), and the
+/// usual top-level directories: for test programs the demo image's busybox cannot stand in
+/// for.
+pub fn write_binary_image(out: &Path, binary: &Path) -> std::io::Result<()> {
+    let ldd = Command::new("ldd").arg(binary).output()?;
+    if !ldd.status.success() {
+        return Err(std::io::Error::other(format!(
+            "ldd {}: {}",
+            binary.display(),
+            String::from_utf8_lossy(&ldd.stderr)
+        )));
+    }
+    // "libc.so.6 => /lib/…/libc.so.6 (0x…)" or, for the loader, "/lib64/ld-….so.2 (0x…)".
+    let libs: Vec<PathBuf> = String::from_utf8_lossy(&ldd.stdout)
+        .lines()
+        .filter_map(|l| {
+            let words: Vec<&str> = l.split_whitespace().collect();
+            match words.as_slice() {
+                [_, "=>", path, ..] if path.starts_with('/') => Some(PathBuf::from(path)),
+                [path, ..] if path.starts_with('/') => Some(PathBuf::from(path)),
+                _ => None,
+            }
+        })
+        .collect();
+    let mut tar = tar::Builder::new(File::create(out)?);
+    let header = |kind: tar::EntryType, mode: u32, size: u64| {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(kind);
+        h.set_mode(mode);
+        h.set_uid(0);
+        h.set_gid(0);
+        h.set_mtime(0);
+        h.set_size(size);
+        h
+    };
+    for (dir, mode) in [
+        ("bin", 0o755),
+        ("dev", 0o755),
+        ("etc", 0o755),
+        ("proc", 0o555),
+        ("sys", 0o555),
+        ("tmp", 0o1777),
+    ] {
+        let mut h = header(tar::EntryType::Directory, mode, 0);
+        tar.append_data(&mut h, dir, std::io::empty())?;
+    }
+    let name = binary
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("binary path has no file name"))?;
+    let entries = std::iter::once((Path::new("bin").join(name), binary.to_path_buf())).chain(
+        libs.into_iter()
+            .map(|l| (l.strip_prefix("/").unwrap_or(&l).to_path_buf(), l)),
+    );
+    for (inside, host) in entries {
+        // Read through symlinks: the image gets the file itself at the path ldd printed.
+        let data = fs::read(&host)?;
+        let mut h = header(tar::EntryType::Regular, 0o755, data.len() as u64);
+        tar.append_data(&mut h, &inside, data.as_slice())?;
+    }
+    tar.into_inner()?.sync_all()?;
+    fs::set_permissions(out, fs::Permissions::from_mode(0o644))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

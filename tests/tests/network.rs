@@ -2,7 +2,7 @@
 //! namespaces: overlay networks across nodes (by address, by service name through the VIP, by
 //! `tasks.NAME`), isolation between overlays, the ingress routing mesh on every node (also one
 //! without a task) balancing over every task and following scale, a killed task and a drain,
-//! host-mode publishing, clear errors for a taken port and a full subnet, and nothing left
+//! host-mode publishing, UDP through the mesh, clear errors for a taken port and a full subnet, and nothing left
 //! behind (links, nft table, namespaces) once services and networks are gone.
 //!
 //! Clients are other nodes' namespaces (the lab namespace has no address): curl from node A to
@@ -549,9 +549,65 @@ fn published_ports_answer_on_every_node() {
         },
     );
 
-    c.shoal_ok("manager1", &["service", "rm", "pub", "hostp"]);
+    // UDP through the mesh: nodes without a task answer, and new flows reach every task.
+    // (worker2 is still drained: both tasks run on worker1.)
+    let dir = tempfile::tempdir().expect("temp dir for the UDP image");
+    let tar = dir.path().join("udp-echo.tar");
+    shoal_tests::write_binary_image(&tar, std::path::Path::new(UDP_ECHO)).expect("UDP image");
+    let tar = tar.to_str().expect("temp paths are UTF-8");
+    c.shoal_ok("manager1", &["image", "import", tar, "udp-echo:latest"]);
+    let mut args = vec!["service", "create", "--name", "udp", "--replicas", "2"];
+    args.extend(FAST_STOP);
+    args.extend(["--publish", "published=5353,target=5353,protocol=udp"]);
+    args.extend(on_workers);
+    args.extend(["udp-echo:latest", "/bin/shoal-udp-echo", "serve", "5353"]);
+    c.shoal_ok("manager1", &args);
+    wait_running(&c, "manager1", "udp", 2, |n| n != "manager1");
+    let want = task_hostnames(&c, "udp");
+    for (from, to) in [("worker2", &m), ("manager1", &w2), ("manager1", &w1)] {
+        wait_until(
+            CONVERGE,
+            &format!("UDP {from} -> {to}:5353 to reach every task"),
+            || {
+                let seen = udp_sample(&c, from, to, 5353)?;
+                if seen == want {
+                    Ok(())
+                } else {
+                    Err(format!("seen {seen:?}, want {want:?}"))
+                }
+            },
+        );
+    }
+
+    c.shoal_ok("manager1", &["service", "rm", "pub", "hostp", "udp"]);
     c.shoal_ok("manager1", &["network", "rm", "tiny"]);
     wait_clean(&c);
+}
+
+/// The UDP echo the tests crate builds (`src/bin/udp-echo.rs`).
+const UDP_ECHO: &str = env!("CARGO_BIN_EXE_shoal-udp-echo");
+
+/// The hostnames the answers to `2 × SAMPLES` datagrams to `addr:port` (from `from`, each
+/// from a new source port) came from.
+fn udp_sample(c: &Cluster, from: &str, addr: &str, port: u16) -> Result<BTreeSet<String>, String> {
+    let target = format!("{addr}:{port}");
+    let mut seen = BTreeSet::new();
+    for _ in 0..2 * SAMPLES {
+        let out = c.exec(from, &[UDP_ECHO, "send", &target, "ping"]);
+        let reply = text(&out.stdout);
+        match reply.split_whitespace().collect::<Vec<_>>().as_slice() {
+            [host, "ping"] if out.status.success() => {
+                seen.insert(host.to_string());
+            }
+            _ => {
+                return Err(format!(
+                    "{from} -> {target}/udp: {reply:?} {} (seen so far {seen:?})",
+                    text(&out.stderr).trim()
+                ))
+            }
+        }
+    }
+    Ok(seen)
 }
 
 /// An attachable overlay takes standalone containers (`container run --network NET` on any

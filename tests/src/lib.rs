@@ -529,32 +529,13 @@ pub fn write_demo_rootfs(out: &Path) -> std::io::Result<()> {
         )
     })?;
     let mut tar = tar::Builder::new(File::create(out)?);
-    let header = |kind: tar::EntryType, mode: u32, size: u64| {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(kind);
-        h.set_mode(mode);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(0);
-        h.set_size(size);
-        h
-    };
-    for (dir, mode) in [
-        ("bin", 0o755),
-        ("dev", 0o755),
-        ("etc", 0o755),
-        ("proc", 0o555),
-        ("sys", 0o555),
-        ("tmp", 0o1777),
-        ("root", 0o700),
-    ] {
-        let mut h = header(tar::EntryType::Directory, mode, 0);
-        tar.append_data(&mut h, dir, std::io::empty())?;
-    }
-    let mut h = header(tar::EntryType::Regular, 0o755, busybox.len() as u64);
+    append_top_dirs(&mut tar)?;
+    let mut h = tar_header(tar::EntryType::Directory, 0o700, 0);
+    tar.append_data(&mut h, "root", std::io::empty())?;
+    let mut h = tar_header(tar::EntryType::Regular, 0o755, busybox.len() as u64);
     tar.append_data(&mut h, "bin/busybox", busybox.as_slice())?;
     for applet in DEMO_APPLETS {
-        let mut h = header(tar::EntryType::Symlink, 0o777, 0);
+        let mut h = tar_header(tar::EntryType::Symlink, 0o777, 0);
         tar.append_link(&mut h, format!("bin/{applet}"), "busybox")?;
     }
     let passwd = "root:x:0:0:root:/root:/bin/sh\n\
@@ -562,12 +543,40 @@ pub fn write_demo_rootfs(out: &Path) -> std::io::Result<()> {
                   nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n";
     let group = "root:x:0:\nuser:x:1000:\nnogroup:x:65534:\n";
     for (path, content) in [("etc/passwd", passwd), ("etc/group", group)] {
-        let mut h = header(tar::EntryType::Regular, 0o644, content.len() as u64);
+        let mut h = tar_header(tar::EntryType::Regular, 0o644, content.len() as u64);
         tar.append_data(&mut h, path, content.as_bytes())?;
     }
     tar.into_inner()?.sync_all()?;
     // Readable by the daemon whatever the umask.
     fs::set_permissions(out, fs::Permissions::from_mode(0o644))
+}
+
+/// A tar header owned by root, dated 0, so the images are reproducible.
+fn tar_header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(kind);
+    h.set_mode(mode);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_size(size);
+    h
+}
+
+/// The top-level directories every test image has, with their usual modes.
+fn append_top_dirs(tar: &mut tar::Builder<File>) -> std::io::Result<()> {
+    for (dir, mode) in [
+        ("bin", 0o755),
+        ("dev", 0o755),
+        ("etc", 0o755),
+        ("proc", 0o555),
+        ("sys", 0o555),
+        ("tmp", 0o1777),
+    ] {
+        let mut h = tar_header(tar::EntryType::Directory, mode, 0);
+        tar.append_data(&mut h, dir, std::io::empty())?;
+    }
+    Ok(())
 }
 
 /// An image root filesystem tarball holding one dynamically linked host binary at
@@ -596,27 +605,7 @@ pub fn write_binary_image(out: &Path, binary: &Path) -> std::io::Result<()> {
         })
         .collect();
     let mut tar = tar::Builder::new(File::create(out)?);
-    let header = |kind: tar::EntryType, mode: u32, size: u64| {
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(kind);
-        h.set_mode(mode);
-        h.set_uid(0);
-        h.set_gid(0);
-        h.set_mtime(0);
-        h.set_size(size);
-        h
-    };
-    for (dir, mode) in [
-        ("bin", 0o755),
-        ("dev", 0o755),
-        ("etc", 0o755),
-        ("proc", 0o555),
-        ("sys", 0o555),
-        ("tmp", 0o1777),
-    ] {
-        let mut h = header(tar::EntryType::Directory, mode, 0);
-        tar.append_data(&mut h, dir, std::io::empty())?;
-    }
+    append_top_dirs(&mut tar)?;
     let name = binary
         .file_name()
         .ok_or_else(|| std::io::Error::other("binary path has no file name"))?;
@@ -627,7 +616,7 @@ pub fn write_binary_image(out: &Path, binary: &Path) -> std::io::Result<()> {
     for (inside, host) in entries {
         // Read through symlinks: the image gets the file itself at the path ldd printed.
         let data = fs::read(&host)?;
-        let mut h = header(tar::EntryType::Regular, 0o755, data.len() as u64);
+        let mut h = tar_header(tar::EntryType::Regular, 0o755, data.len() as u64);
         tar.append_data(&mut h, &inside, data.as_slice())?;
     }
     tar.into_inner()?.sync_all()?;

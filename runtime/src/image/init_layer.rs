@@ -242,40 +242,24 @@ mod tests {
         fs::create_dir_all(upper.join("etc")).unwrap();
         whiteout(&upper.join("etc/passwd"));
         let layers = [upper.clone(), lower.clone()];
-        assert!(matches!(merged(&layers, Path::new("etc")), Merged::Dir(_)));
-        assert!(matches!(
-            merged(&layers, Path::new("etc/hosts")),
-            Merged::Other
-        ));
-        assert!(matches!(
-            merged(&layers, Path::new("etc/passwd")),
-            Merged::Missing
-        ));
-        assert!(matches!(
-            merged(&layers, Path::new("etc/ssl")),
-            Merged::Dir(_)
-        ));
-        assert!(matches!(
-            merged(&layers, Path::new("proc")),
-            Merged::Missing
-        ));
+        let kind = |p: &str| match merged(&layers, Path::new(p)) {
+            Merged::Missing => "missing",
+            Merged::Dir(_) => "dir",
+            Merged::Other => "other",
+        };
+        assert_eq!(kind("etc"), "dir");
+        assert_eq!(kind("etc/hosts"), "other");
+        assert_eq!(kind("etc/passwd"), "missing", "whited out");
+        assert_eq!(kind("etc/ssl"), "dir");
+        assert_eq!(kind("proc"), "missing");
         opaque(&upper.join("etc"));
-        assert!(matches!(
-            merged(&layers, Path::new("etc/hosts")),
-            Merged::Missing
-        ));
-        assert!(matches!(
-            merged(&layers, Path::new("etc/ssl")),
-            Merged::Missing
-        ));
+        assert_eq!(kind("etc/hosts"), "missing", "below an opaque directory");
+        assert_eq!(kind("etc/ssl"), "missing", "below an opaque directory");
         // A file above a directory ends the merge: nothing below it shows.
         fs::remove_dir_all(upper.join("etc")).unwrap();
         fs::write(upper.join("etc"), "").unwrap();
-        assert!(matches!(merged(&layers, Path::new("etc")), Merged::Other));
-        assert!(matches!(
-            merged(&layers, Path::new("etc/hosts")),
-            Merged::Other
-        ));
+        assert_eq!(kind("etc"), "other");
+        assert_eq!(kind("etc/hosts"), "other");
     }
 
     #[test]

@@ -183,12 +183,15 @@ pub fn read_json<T: serde::de::DeserializeOwned>(
 pub fn load_state(dir: &std::path::Path) -> super::Result<State> {
     let started: Option<StateFile> = read_json(dir, files::STATE)?;
     let mut exited: Option<ExitFile> = read_json(dir, files::EXIT)?;
-    if let (Some(st), None) = (&started, &exited) {
-        if !alive(st.shim_pid, st.shim_start) {
-            // The supervisor writes exit.json and then exits: it may have done both since
-            // exit.json was read. Only a second look tells a clean exit from a lost one.
-            exited = read_json(dir, files::EXIT)?;
-        }
+    // Looked at once: a supervisor found alive here may write exit.json and exit before a
+    // second look, which would then call a clean exit lost.
+    let shim_alive = started
+        .as_ref()
+        .is_some_and(|st| alive(st.shim_pid, st.shim_start));
+    if started.is_some() && exited.is_none() && !shim_alive {
+        // The supervisor writes exit.json and then exits: it may have done both since
+        // exit.json was read. Only a second look tells a clean exit from a lost one.
+        exited = read_json(dir, files::EXIT)?;
     }
     let mut state = State::default();
     if let Some(ex) = &exited {
@@ -205,7 +208,7 @@ pub fn load_state(dir: &std::path::Path) -> super::Result<State> {
         }
         (Some(st), None) => {
             state.started_at = st.started_at;
-            if alive(st.shim_pid, st.shim_start) {
+            if shim_alive {
                 state.status = Status::Running;
                 state.pid = st.pid;
                 state.shim_pid = st.shim_pid;

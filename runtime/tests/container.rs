@@ -328,8 +328,10 @@ fn read_only_root_and_network_none() {
     assert_eq!(out, "ro\ntmp-ro\nlo\n");
     // Loopback is up, as in Docker's `none` network: a server and a client can talk on it.
     let (code, out) = t.sh(
-        // Retry until the listener is up (no timing assumption), then wait for it to finish.
-        "nc -l -p 7000 > /tmp/got & i=0; until echo ping | nc 127.0.0.1 7000 2>/dev/null; do i=$((i+1)); [ $i -gt 400 ] && exit 9; sleep 0.05; done; wait; cat /tmp/got",
+        // Retry until the listener is up (no timing assumption), then until it has written
+        // what it got. Its stdin stays open: busybox nc may stop at EOF on a background job's
+        // /dev/null before it has read the client's bytes.
+        "(sleep 1000 | nc -l -p 7000 > /tmp/got) & i=0; until echo ping | nc 127.0.0.1 7000 2>/dev/null; do i=$((i+1)); [ $i -gt 400 ] && exit 9; sleep 0.05; done; until [ -s /tmp/got ]; do i=$((i+1)); [ $i -gt 800 ] && exit 8; sleep 0.05; done; cat /tmp/got",
     );
     assert_eq!((code, out.as_str()), (0, "ping\n"));
 }

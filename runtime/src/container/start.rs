@@ -1,10 +1,9 @@
 //! `Runtime::start`: hands the container to a new supervisor (`shoal-shim run`).
 
 use std::io::Read;
+use std::os::fd::OwnedFd;
 use std::os::unix::net::UnixStream;
 use std::process::{Command, Stdio};
-
-use std::os::fd::OwnedFd;
 
 use nix::fcntl::OFlag;
 

@@ -25,17 +25,6 @@ use super::staging::{clean_stale, Staging};
 use super::unpack::{digest_layer, read_error, unpack_layer, End, LayerDigest};
 use super::{ImageError, ImageInfo, Removed, Result};
 
-/// `syncfs` of the file system holding `path`: once per image, cheaper than walking a tree
-/// of fsyncs and as safe.
-fn sync_fs(path: &Path) -> io::Result<()> {
-    let dir = fs::File::open(path)?;
-    // SAFETY: syncfs on an fd we own for the duration of the call.
-    if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
 /// Suffix of the marker directory of an image that needs no init layer.
 const NO_INIT_LAYER: &str = "-none";
 
@@ -688,6 +677,17 @@ fn info(record: &ImageRecord, tags: &BTreeMap<String, String>) -> ImageInfo {
 }
 
 /// `sha256:<hex>` → `<hex>`.
+/// `syncfs` of the file system holding `path`: once per image, cheaper than walking a tree
+/// of fsyncs and as safe.
+fn sync_fs(path: &Path) -> io::Result<()> {
+    let dir = fs::File::open(path)?;
+    // SAFETY: syncfs on an fd we own for the duration of the call.
+    if unsafe { libc::syncfs(std::os::fd::AsRawFd::as_raw_fd(&dir)) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 fn hex_of(id: &str) -> &str {
     id.strip_prefix("sha256:").unwrap_or(id)
 }

@@ -94,7 +94,7 @@ fn run(dir: &Path, attach_first: bool) -> i32 {
     // code between fork and exec (posix_spawn). Keep it on a close-on-exec fd of its own (the
     // container's init must not inherit it: EOF on it tells the runtime we are done) and put
     // /dev/null in its place.
-    match take_stdout() {
+    match take_std(Std::Out) {
         Ok(report) => run_with_report(dir, attach_first, File::from(report)),
         Err(_) => 125,
     }
@@ -133,21 +133,34 @@ pub(crate) fn run_with_report(dir: &Path, attach_first: bool, mut report: File) 
     supervise(dir, &spec, report, Io { listener, first })
 }
 
-/// Moves stdout to a new close-on-exec fd and opens /dev/null as stdout.
-fn take_stdout() -> nix::Result<OwnedFd> {
-    let report = nix::fcntl::fcntl(
-        std::io::stdout().as_fd(),
-        nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3),
-    )?;
+/// A standard stream [`take_std`] moves.
+#[derive(Clone, Copy)]
+pub(crate) enum Std {
+    In,
+    Out,
+}
+
+/// Moves stdin or stdout to a new close-on-exec fd (nothing exec'd later inherits it) and
+/// puts /dev/null in its place; returns the moved fd. How the runtime hands the shim its
+/// report pipe (stdout) and the zygote its request socket (stdin).
+pub(crate) fn take_std(which: Std) -> nix::Result<OwnedFd> {
+    let dup = nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3);
+    let moved = match which {
+        Std::In => nix::fcntl::fcntl(std::io::stdin().as_fd(), dup)?,
+        Std::Out => nix::fcntl::fcntl(std::io::stdout().as_fd(), dup)?,
+    };
     // SAFETY: F_DUPFD_CLOEXEC returned a new fd that nothing else owns.
-    let report = unsafe { OwnedFd::from_raw_fd(report) };
+    let moved = unsafe { OwnedFd::from_raw_fd(moved) };
     let null = nix::fcntl::open(
         "/dev/null",
-        OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+        OFlag::O_RDWR | OFlag::O_CLOEXEC,
         nix::sys::stat::Mode::empty(),
     )?;
-    nix::unistd::dup2_stdout(&null)?;
-    Ok(report)
+    match which {
+        Std::In => nix::unistd::dup2_stdin(&null)?,
+        Std::Out => nix::unistd::dup2_stdout(&null)?,
+    }
+    Ok(moved)
 }
 
 /// How long a `--attach` start waits for the runtime's connection before going on without.

@@ -229,7 +229,8 @@ pub fn serve(argv0: &OsStr) -> i32 {
     // Its own session, as the supervisors have: a Ctrl-C to a foreground daemon's process
     // group must not take the zygote with it.
     let _ = nix::unistd::setsid();
-    let sock = match take_stdin() {
+    // Off fd 0, close-on-exec: no container may inherit it.
+    let sock = match super::shim::take_std(super::shim::Std::In) {
         Ok(fd) => fd,
         Err(_) => return 1,
     };
@@ -256,24 +257,6 @@ pub fn serve(argv0: &OsStr) -> i32 {
             return 1;
         }
     }
-}
-
-/// Moves the request socket off fd 0 (close-on-exec, so no container inherits it) and puts
-/// /dev/null in its place.
-fn take_stdin() -> nix::Result<OwnedFd> {
-    let fd = nix::fcntl::fcntl(
-        std::io::stdin().as_fd(),
-        nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3),
-    )?;
-    // SAFETY: F_DUPFD_CLOEXEC returned a new fd that nothing else owns.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    let null = nix::fcntl::open(
-        "/dev/null",
-        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
-        nix::sys::stat::Mode::empty(),
-    )?;
-    nix::unistd::dup2_stdin(&null)?;
-    Ok(sock)
 }
 
 /// One request: its length in `buf` and the attached report pipe; `None` at EOF.
